@@ -1,0 +1,119 @@
+//! sockact-trace's command line (DESIGN.md, "sockact-trace"), validated once into a
+//! [`TraceConfig`].
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::output::Format;
+
+/// Trace systemd socket-activated services with eBPF: who binds, listens and accepts, and
+/// whether they use the sockets systemd passes them.
+///
+/// With no selector: every socket-activated process and systemd's listeners.
+#[derive(Debug, Parser)]
+#[command(name = "sockact-trace", version)]
+pub struct Cli {
+    /// Trace every process, not only socket-activated ones.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Trace this process and its children (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Trace whoever binds, listens, accepts or connects on this port (repeatable).
+    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+
+    /// Output format: text on a terminal, json (NDJSON v1) otherwise.
+    #[arg(long, value_enum, global = true)]
+    pub format: Option<Format>,
+
+    /// Stop by itself after SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pub duration: Option<Duration>,
+
+    /// Show the probes' own diagnostics (aya-log) on stderr.
+    #[arg(long)]
+    pub kernel_log: bool,
+
+    /// More diagnostics on stderr (-v, -vv).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !(secs > 0.0 && secs.is_finite()) {
+        return Err(format!("'{s}' must be a positive number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// What to trace and how to print it.
+#[derive(Clone, Debug)]
+pub struct TraceConfig {
+    pub all: bool,
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    pub format: Format,
+    pub duration: Option<Duration>,
+    pub kernel_log: bool,
+}
+
+impl Cli {
+    pub fn trace_config(&self) -> TraceConfig {
+        TraceConfig {
+            all: self.all,
+            pids: self.pids.clone(),
+            ports: self.ports.clone(),
+            format: self.format.unwrap_or_else(Format::default_for_stdout),
+            duration: self.duration,
+            kernel_log: self.kernel_log,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_repeat_and_combine() {
+        let cli = Cli::try_parse_from([
+            "sockact-trace",
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+            "--port",
+            "8080",
+            "--format",
+            "json",
+            "--duration",
+            "1.5",
+        ])
+        .unwrap();
+        let c = cli.trace_config();
+        assert_eq!(c.pids, [1, 2]);
+        assert_eq!(c.ports, [8080]);
+        assert_eq!(c.format, Format::Json);
+        assert_eq!(c.duration, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error() {
+        for args in [
+            &["sockact-trace", "--nope"][..],
+            &["sockact-trace", "--duration", "-1"],
+            &["sockact-trace", "--duration", "soon"],
+            &["sockact-trace", "--port", "0"],
+            &["sockact-trace", "--format", "xml"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

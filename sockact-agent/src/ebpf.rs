@@ -1,0 +1,262 @@
+//! Loads the embedded eBPF object, hands it its globals, and attaches every program from one
+//! table. What fails to attach is reported, and the rest keeps running.
+use std::collections::HashSet;
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use sockact_common::{FilterConfig, KernelOffsets, counter, names, watch};
+
+use crate::events::AttachFailure;
+
+/// The object built by build.rs from sockact-ebpf.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockact"));
+
+/// Every program, with its tracepoint: `(program, category, tracepoint)`.
+pub const PROGRAMS: &[(&str, &str, &str)] = &[
+    ("syscalls_sys_enter_execve", "syscalls", "sys_enter_execve"),
+    ("syscalls_sys_exit_execve", "syscalls", "sys_exit_execve"),
+    (
+        "syscalls_sys_enter_execveat",
+        "syscalls",
+        "sys_enter_execveat",
+    ),
+    (
+        "syscalls_sys_exit_execveat",
+        "syscalls",
+        "sys_exit_execveat",
+    ),
+    ("sched_sched_process_fork", "sched", "sched_process_fork"),
+    ("sched_sched_process_exit", "sched", "sched_process_exit"),
+    ("syscalls_sys_enter_bind", "syscalls", "sys_enter_bind"),
+    ("syscalls_sys_exit_bind", "syscalls", "sys_exit_bind"),
+    ("syscalls_sys_enter_listen", "syscalls", "sys_enter_listen"),
+    ("syscalls_sys_exit_listen", "syscalls", "sys_exit_listen"),
+    ("syscalls_sys_enter_accept", "syscalls", "sys_enter_accept"),
+    ("syscalls_sys_exit_accept", "syscalls", "sys_exit_accept"),
+    (
+        "syscalls_sys_enter_accept4",
+        "syscalls",
+        "sys_enter_accept4",
+    ),
+    ("syscalls_sys_exit_accept4", "syscalls", "sys_exit_accept4"),
+    (
+        "syscalls_sys_enter_connect",
+        "syscalls",
+        "sys_enter_connect",
+    ),
+    ("syscalls_sys_exit_connect", "syscalls", "sys_exit_connect"),
+    (
+        "syscalls_sys_enter_shutdown",
+        "syscalls",
+        "sys_enter_shutdown",
+    ),
+    (
+        "syscalls_sys_exit_shutdown",
+        "syscalls",
+        "sys_exit_shutdown",
+    ),
+];
+
+/// Ring buffer size: a burst of about 16,000 bind-sized records.
+pub const RING_BYTES: u32 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error("loading the eBPF object: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no map {0}")]
+    NoMap(&'static str),
+    #[error("opening map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("no program could be attached")]
+    NothingAttached,
+}
+
+/// What the loader needs to know.
+pub struct LoadOptions {
+    pub filter: FilterConfig,
+    pub offsets: KernelOffsets,
+    pub kernel_log: bool,
+    /// Processes to watch from the start (`--pid`).
+    pub pids: Vec<u32>,
+    /// Ports to keep whoever uses them (`--port`).
+    pub ports: Vec<u16>,
+}
+
+/// The loaded programs and the maps userspace reads.
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    pub ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    pub attached: Vec<String>,
+    pub failed: Vec<AttachFailure>,
+}
+
+/// The kernel's per-CPU counters, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub submitted: u64,
+    pub lost: u64,
+    pub watch_full: u64,
+    pub pending_full: u64,
+}
+
+pub fn load(opts: &LoadOptions) -> Result<Loaded, EbpfError> {
+    let log_level: u8 = if opts.kernel_log { 0xff } else { 0 };
+    let mut ebpf = EbpfLoader::new()
+        .override_global(names::FILTER, &opts.filter, true)
+        .override_global(names::OFFSETS, &opts.offsets, true)
+        .override_global(aya_log::LEVEL, &log_level, false)
+        .map_max_entries(names::EVENTS, RING_BYTES)
+        .load(OBJECT)
+        .map_err(EbpfError::Load)?;
+
+    if opts.kernel_log {
+        crate::kernel_log::start(&mut ebpf);
+    }
+
+    let mut watched: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
+        ebpf.map_mut(names::WATCHED)
+            .ok_or(EbpfError::NoMap(names::WATCHED))?,
+    )
+    .map_err(|source| EbpfError::Map {
+        name: names::WATCHED,
+        source,
+    })?;
+    for pid in &opts.pids {
+        watched
+            .insert(pid, watch::SELECTED, 0)
+            .map_err(|source| EbpfError::Map {
+                name: names::WATCHED,
+                source,
+            })?;
+    }
+    let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
+        ebpf.map_mut(names::PORTS)
+            .ok_or(EbpfError::NoMap(names::PORTS))?,
+    )
+    .map_err(|source| EbpfError::Map {
+        name: names::PORTS,
+        source,
+    })?;
+    for port in &opts.ports {
+        ports.insert(port, 1, 0).map_err(|source| EbpfError::Map {
+            name: names::PORTS,
+            source,
+        })?;
+    }
+
+    let ring = RingBuf::try_from(
+        ebpf.take_map(names::EVENTS)
+            .ok_or(EbpfError::NoMap(names::EVENTS))?,
+    )
+    .map_err(|source| EbpfError::Map {
+        name: names::EVENTS,
+        source,
+    })?;
+    let counters = PerCpuArray::try_from(
+        ebpf.take_map(names::COUNTERS)
+            .ok_or(EbpfError::NoMap(names::COUNTERS))?,
+    )
+    .map_err(|source| EbpfError::Map {
+        name: names::COUNTERS,
+        source,
+    })?;
+
+    let (attached, failed) = attach_all(&mut ebpf);
+    if attached.is_empty() {
+        return Err(EbpfError::NothingAttached);
+    }
+    Ok(Loaded {
+        ebpf,
+        ring,
+        counters,
+        attached,
+        failed,
+    })
+}
+
+fn attach_all(ebpf: &mut Ebpf) -> (Vec<String>, Vec<AttachFailure>) {
+    let mut attached = Vec::new();
+    let mut failed = Vec::new();
+    let mut seen = HashSet::new();
+    for &(name, category, tracepoint) in PROGRAMS {
+        seen.insert(name);
+        match attach_one(ebpf, name, category, tracepoint) {
+            Ok(()) => attached.push(name.to_owned()),
+            Err(error) => {
+                tracing::warn!("{name} not attached: {error}");
+                failed.push(AttachFailure {
+                    program: name.to_owned(),
+                    error,
+                });
+            }
+        }
+    }
+    for (name, _) in ebpf.programs() {
+        debug_assert!(
+            seen.contains(name),
+            "program {name} is missing from PROGRAMS"
+        );
+    }
+    (attached, failed)
+}
+
+fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, tracepoint: &str) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| "not in the eBPF object".to_owned())?;
+    let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+    tp.load().map_err(|e| error_chain(&e))?;
+    tp.attach(category, tracepoint)
+        .map_err(|e| error_chain(&e))?;
+    Ok(())
+}
+
+/// An error and its sources on one line (a verifier log is long: the first line of each).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let first = |s: String| s.lines().next().unwrap_or_default().to_owned();
+    let mut text = first(e.to_string());
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = first(s.to_string());
+        if !text.contains(&msg) {
+            text.push_str(": ");
+            text.push_str(&msg);
+        }
+        source = s.source();
+    }
+    text
+}
+
+impl Loaded {
+    /// The kernel's counters, summed over CPUs.
+    pub fn counters(&self) -> Counters {
+        let sum = |i: u32| -> u64 {
+            self.counters
+                .get(&i, 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or(0)
+        };
+        Counters {
+            submitted: sum(counter::SUBMITTED),
+            lost: sum(counter::LOST),
+            watch_full: sum(counter::WATCH_FULL),
+            pending_full: sum(counter::PENDING_FULL),
+        }
+    }
+}
+
+impl std::os::fd::AsRawFd for Loaded {
+    /// The ring buffer's fd: readable when records are waiting.
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.ring.as_raw_fd()
+    }
+}

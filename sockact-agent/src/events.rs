@@ -1,0 +1,322 @@
+//! The user-facing event schema, NDJSON v1 (DESIGN.md, "NDJSON v1"). Every line is one
+//! [`Event`]: the common fields, the process fields when a process caused it, and the fields of
+//! its kind. Optional fields are left out rather than written as null.
+use serde::{Deserialize, Serialize};
+
+/// Schema version, the `v` of every line.
+pub const SCHEMA_VERSION: u8 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub v: u8,
+    /// 1 for the first line a sockact process writes, then +1 a line; set by the writer.
+    pub seq: u64,
+    /// RFC 3339, UTC, nanoseconds.
+    pub ts: String,
+    pub host: String,
+    #[serde(flatten)]
+    pub data: Data,
+    #[serde(flatten, skip_serializing_if = "Option::is_none", default)]
+    pub process: Option<Process>,
+}
+
+/// Who caused an event.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    /// Host TGID.
+    pub pid: u32,
+    pub comm: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ppid: Option<u32>,
+    /// The PID in the process's own namespace, only when it differs from `pid`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ns_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub socket_unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cgroup: Option<String>,
+}
+
+/// The kind of an event and its own fields.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Data {
+    Exec(Exec),
+    Exit(Exit),
+    Bind(Bind),
+    Listen(Listen),
+    Accept(Accept),
+    Connect(Connect),
+    Shutdown(Shutdown),
+    Lost(Lost),
+    Agent(Agent),
+}
+
+impl Data {
+    /// The `kind` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Data::Exec(_) => "exec",
+            Data::Exit(_) => "exit",
+            Data::Bind(_) => "bind",
+            Data::Listen(_) => "listen",
+            Data::Accept(_) => "accept",
+            Data::Connect(_) => "connect",
+            Data::Shutdown(_) => "shutdown",
+            Data::Lost(_) => "lost",
+            Data::Agent(_) => "agent",
+        }
+    }
+}
+
+/// A value from the environment that should be a number but may not be.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum NumberOrString {
+    Number(u64),
+    String(String),
+}
+
+impl NumberOrString {
+    /// A number when the whole value is decimal digits, the text otherwise.
+    pub fn parse(text: &str) -> Self {
+        match text.parse::<u64>() {
+            Ok(n) if !text.starts_with('+') => NumberOrString::Number(n),
+            _ => NumberOrString::String(text.to_owned()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Exec {
+    pub filename: String,
+    /// The first entries only.
+    pub argv: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub listen_pid: Option<NumberOrString>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub listen_fds: Option<NumberOrString>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub listen_fdnames: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Exit {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub signal: Option<String>,
+}
+
+/// `family` and `port` of an address, shared by the kinds that carry one.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    pub addr: String,
+    pub family: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub port: Option<u16>,
+}
+
+/// `ret` and, for a failed call, `errno`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Outcome {
+    pub ret: i64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub errno: Option<String>,
+}
+
+/// A listener's kernel identity: socket inode and network namespace inode.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SocketId {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub inode: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub netns: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Bind {
+    pub fd: i32,
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    pub reuseport: bool,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(flatten)]
+    pub socket: SocketId,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Listen {
+    pub fd: i32,
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    /// As passed to listen().
+    pub backlog: i32,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(flatten)]
+    pub socket: SocketId,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Accept {
+    pub listen_fd: i32,
+    /// The new fd; absent when the call failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fd: Option<i64>,
+    /// The peer.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub addr: Option<String>,
+    /// The listener's local address.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub listener: Option<String>,
+    /// Time the connection spent in the accept queue.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub wait_us: Option<u64>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(flatten)]
+    pub socket: SocketId,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Connect {
+    pub fd: i32,
+    #[serde(flatten)]
+    pub endpoint: Endpoint,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Shutdown {
+    pub fd: i32,
+    /// `SHUT_RD`, `SHUT_WR` or `SHUT_RDWR`.
+    pub how: String,
+    /// The listening socket's address.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub listener: Option<String>,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    #[serde(flatten)]
+    pub socket: SocketId,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Lost {
+    pub count: u64,
+    /// `ring_buffer_full`, or `sink:<name>`.
+    pub cause: String,
+    /// Start of the interval the count covers (RFC 3339).
+    pub since: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Agent {
+    /// `start`, `attached` or `stop`.
+    pub action: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attached: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub failed: Option<Vec<AttachFailure>>,
+    /// On stop: records the kernel filter let through.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub submitted: Option<u64>,
+    /// On stop: of those, the ones that found the ring buffer full.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lost: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AttachFailure {
+    pub program: String,
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(data: Data) -> Event {
+        Event {
+            v: SCHEMA_VERSION,
+            seq: 7,
+            ts: "2026-11-23T09:00:00.000000001Z".into(),
+            host: "h".into(),
+            data,
+            process: Some(Process {
+                pid: 42,
+                comm: "python3".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn bind_line_has_the_documented_fields_and_no_nulls() {
+        let e = event(Data::Bind(Bind {
+            fd: 3,
+            endpoint: Endpoint {
+                addr: "127.0.0.1:8080".into(),
+                family: "inet".into(),
+                port: Some(8080),
+            },
+            reuseport: false,
+            outcome: Outcome {
+                ret: -98,
+                errno: Some("EADDRINUSE".into()),
+            },
+            socket: SocketId {
+                inode: None,
+                netns: None,
+            },
+        }));
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["kind"], "bind");
+        assert_eq!(v["pid"], 42);
+        assert_eq!(v["addr"], "127.0.0.1:8080");
+        assert_eq!(v["port"], 8080);
+        assert_eq!(v["ret"], -98);
+        assert_eq!(v["errno"], "EADDRINUSE");
+        assert!(v.get("inode").is_none());
+        assert!(v.get("ppid").is_none());
+        assert!(!serde_json::to_string(&e).unwrap().contains("null"));
+    }
+
+    #[test]
+    fn events_round_trip_through_json() {
+        let e = event(Data::Exec(Exec {
+            filename: "/bin/true".into(),
+            argv: vec!["true".into()],
+            listen_pid: Some(NumberOrString::parse("12")),
+            listen_fds: Some(NumberOrString::parse("1")),
+            listen_fdnames: Some(vec!["web".into()]),
+        }));
+        let line = serde_json::to_string(&e).unwrap();
+        let back: Event = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, e);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["listen_pid"], 12);
+    }
+
+    #[test]
+    fn a_non_numeric_listen_pid_is_kept_as_a_string() {
+        assert_eq!(
+            NumberOrString::parse("12a"),
+            NumberOrString::String("12a".into())
+        );
+        assert_eq!(
+            NumberOrString::parse("+5"),
+            NumberOrString::String("+5".into())
+        );
+        assert_eq!(NumberOrString::parse("0"), NumberOrString::Number(0));
+    }
+}

@@ -1,0 +1,20 @@
+//! sockact: traces systemd socket-activated services with eBPF and tells, with kernel evidence,
+//! why a socket handoff broke.
+//!
+//! The binaries are thin; everything lives here, one module per job.
+pub mod addr;
+pub mod cli;
+pub mod clock;
+pub mod decode;
+pub mod ebpf;
+pub mod errno;
+pub mod events;
+pub mod kernel_log;
+pub mod logging;
+pub mod offsets;
+pub mod output;
+pub mod render;
+pub mod select;
+pub mod system;
+pub mod text;
+pub mod trace;

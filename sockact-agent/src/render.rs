@@ -1,0 +1,170 @@
+//! The text format: one aligned line per event, colour only on a terminal, every string from
+//! the kernel made safe for a terminal.
+use std::fmt::Write as _;
+
+use crate::{
+    events::{Data, Event, NumberOrString},
+    text::for_terminal,
+};
+
+fn colour(kind: &str) -> &'static str {
+    match kind {
+        "exec" | "exit" => "\x1b[36m",
+        "bind" | "listen" => "\x1b[33m",
+        "accept" | "connect" => "\x1b[32m",
+        "shutdown" | "lost" => "\x1b[31m",
+        _ => "\x1b[2m",
+    }
+}
+
+fn num_or_string(v: &NumberOrString) -> String {
+    match v {
+        NumberOrString::Number(n) => n.to_string(),
+        NumberOrString::String(s) => format!("{:?}", s),
+    }
+}
+
+fn result(ret: i64, errno: &Option<String>) -> String {
+    match errno {
+        Some(e) => format!(" {e}"),
+        None => format!(" ret={ret}"),
+    }
+}
+
+/// `HH:MM:SS.ffffff kind pid comm details`, without the newline.
+pub fn line(e: &Event, color: bool) -> String {
+    let time = e.ts.get(11..26).unwrap_or(&e.ts);
+    let kind = e.data.kind();
+    let (pid, comm) = match &e.process {
+        Some(p) => (p.pid.to_string(), for_terminal(&p.comm).into_owned()),
+        None => (String::new(), String::new()),
+    };
+    let mut out = String::new();
+    if color {
+        let _ = write!(
+            out,
+            "{time} {}{kind:<8}\x1b[0m {pid:>7} {comm:<15} ",
+            colour(kind)
+        );
+    } else {
+        let _ = write!(out, "{time} {kind:<8} {pid:>7} {comm:<15} ");
+    }
+    out.push_str(&for_terminal(&details(&e.data)));
+    if let Some(p) = &e.process {
+        if let Some(unit) = &p.unit {
+            let _ = write!(out, " unit={}", for_terminal(unit));
+        }
+    }
+    out.trim_end().to_owned()
+}
+
+fn details(d: &Data) -> String {
+    match d {
+        Data::Exec(x) => {
+            let mut s = format!("{} {:?}", x.filename, x.argv);
+            if let Some(v) = &x.listen_pid {
+                let _ = write!(s, " LISTEN_PID={}", num_or_string(v));
+            }
+            if let Some(v) = &x.listen_fds {
+                let _ = write!(s, " LISTEN_FDS={}", num_or_string(v));
+            }
+            if let Some(v) = &x.listen_fdnames {
+                let _ = write!(s, " LISTEN_FDNAMES={}", v.join(":"));
+            }
+            s
+        }
+        Data::Exit(x) => match (&x.exit_code, &x.signal) {
+            (_, Some(sig)) => format!("killed by {sig}"),
+            (Some(code), None) => format!("exit code {code}"),
+            (None, None) => String::new(),
+        },
+        Data::Bind(x) => format!(
+            "{} fd={}{}{}",
+            x.endpoint.addr,
+            x.fd,
+            if x.reuseport { " SO_REUSEPORT" } else { "" },
+            result(x.outcome.ret, &x.outcome.errno)
+        ),
+        Data::Listen(x) => format!(
+            "{} fd={} backlog={}{}",
+            x.endpoint.addr,
+            x.fd,
+            x.backlog,
+            result(x.outcome.ret, &x.outcome.errno)
+        ),
+        Data::Accept(x) => format!(
+            "{} <- {} listen_fd={}{}",
+            x.listener.as_deref().unwrap_or("?"),
+            x.addr.as_deref().unwrap_or("?"),
+            x.listen_fd,
+            result(x.outcome.ret, &x.outcome.errno)
+        ),
+        Data::Connect(x) => format!(
+            "-> {} fd={}{}",
+            x.endpoint.addr,
+            x.fd,
+            result(x.outcome.ret, &x.outcome.errno)
+        ),
+        Data::Shutdown(x) => format!(
+            "{} fd={} {}{}",
+            x.listener.as_deref().unwrap_or("?"),
+            x.fd,
+            x.how,
+            result(x.outcome.ret, &x.outcome.errno)
+        ),
+        Data::Lost(x) => format!("{} events lost ({})", x.count, x.cause),
+        Data::Agent(x) => {
+            let mut s = format!("{} {}", x.action, x.version);
+            if let Some(a) = &x.attached {
+                let _ = write!(s, " attached={}", a.len());
+            }
+            if let Some(f) = &x.failed {
+                for f in f {
+                    let _ = write!(s, " failed:{}({})", f.program, f.error);
+                }
+            }
+            if let (Some(sub), Some(lost)) = (x.submitted, x.lost) {
+                let _ = write!(s, " submitted={sub} lost={lost}");
+            }
+            s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Exec, Process};
+
+    #[test]
+    fn hostile_comm_and_argv_cannot_reach_the_terminal_raw() {
+        let e = Event {
+            v: 1,
+            seq: 1,
+            ts: "2026-11-23T09:00:00.123456789Z".into(),
+            host: "h".into(),
+            data: Data::Exec(Exec {
+                filename: "/tmp/\x1b]0;owned\x07".into(),
+                argv: vec!["a\x1b[2Jb".into()],
+                listen_pid: None,
+                listen_fds: Some(NumberOrString::Number(1)),
+                listen_fdnames: None,
+            }),
+            process: Some(Process {
+                pid: 7,
+                comm: "x\x1b[31m".into(),
+                ..Default::default()
+            }),
+        };
+        let plain = line(&e, false);
+        assert!(!plain.contains('\x1b'), "{plain}");
+        assert!(plain.starts_with("09:00:00.123456 exec"), "{plain}");
+        assert!(plain.contains("LISTEN_FDS=1"));
+        let coloured = line(&e, true);
+        assert_eq!(
+            coloured.matches('\x1b').count(),
+            2,
+            "only our own colour codes"
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! Userspace selectors (`--pid`, `--port`): the kernel keeps a superset (every watched process,
+//! selected pids and their children, selected ports); this narrows it to what was asked for.
+use std::collections::HashSet;
+
+use crate::events::{Data, Event};
+
+#[derive(Debug, Default)]
+pub struct Selector {
+    pids: HashSet<u32>,
+    ports: HashSet<u16>,
+}
+
+impl Selector {
+    pub fn new(pids: &[u32], ports: &[u16]) -> Self {
+        Selector {
+            pids: pids.iter().copied().collect(),
+            ports: ports.iter().copied().collect(),
+        }
+    }
+
+    /// No selector: everything the kernel kept is wanted.
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty() && self.ports.is_empty()
+    }
+
+    /// Whether to show an event. Children of a selected process are selected from their first
+    /// event on.
+    pub fn wants(&mut self, e: &Event) -> bool {
+        if self.is_empty() {
+            return true;
+        }
+        if let Some(p) = &e.process {
+            if self.pids.contains(&p.pid) {
+                return true;
+            }
+            if p.ppid.is_some_and(|pp| self.pids.contains(&pp)) && !self.pids.is_empty() {
+                self.pids.insert(p.pid);
+                return true;
+            }
+        }
+        match event_port(&e.data) {
+            Some(port) => self.ports.contains(&port),
+            None => matches!(e.data, Data::Lost(_) | Data::Agent(_)),
+        }
+    }
+}
+
+/// The local or remote port an event is about.
+fn event_port(d: &Data) -> Option<u16> {
+    let port_of = |addr: &str| addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok());
+    match d {
+        Data::Bind(b) => b.endpoint.port,
+        Data::Listen(l) => l.endpoint.port,
+        Data::Connect(c) => c.endpoint.port,
+        Data::Accept(a) => a.listener.as_deref().and_then(port_of),
+        Data::Shutdown(s) => s.listener.as_deref().and_then(port_of),
+        _ => None,
+    }
+}

@@ -1,0 +1,338 @@
+//! The kernel/user boundary of sockact: every record the eBPF programs write to the ring buffer,
+//! every global the loader hands them, and the names of the maps they share.
+//!
+//! Records are `#[repr(C)]`, padding-free and fixed-size; each starts with a [`RecordHeader`] whose
+//! `kind` says which record follows and whose `version` changes whenever a layout does. The size of
+//! every record is asserted at compile time, so a field added on one side only fails the build.
+#![no_std]
+
+/// Bumped whenever any record layout changes.
+pub const RECORD_VERSION: u16 = 1;
+
+/// Names of the maps and globals, shared so that the loader and the programs cannot disagree.
+pub mod names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const WATCHED: &str = "WATCHED";
+    pub const PORTS: &str = "PORTS";
+    pub const FILTER: &str = "FILTER";
+    pub const OFFSETS: &str = "OFFSETS";
+}
+
+/// What follows the header. Values are part of the wire format: never reuse one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Exec = 1,
+    Exit = 2,
+    // 3 was Fork: the header carries ppid, so the fork probe only marks children.
+    Bind = 4,
+    Listen = 5,
+    Accept = 6,
+    Connect = 7,
+    Shutdown = 8,
+}
+
+impl RecordKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Exec,
+            2 => Self::Exit,
+            4 => Self::Bind,
+            5 => Self::Listen,
+            6 => Self::Accept,
+            7 => Self::Connect,
+            8 => Self::Shutdown,
+            _ => return None,
+        })
+    }
+}
+
+/// Indices of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Records the filter let through (each one a ring-buffer reserve attempt).
+    pub const SUBMITTED: u32 = 0;
+    /// Of those, the ones that found the ring buffer full.
+    pub const LOST: u32 = 1;
+    /// Watch marks that could not be stored because the `WATCHED` map was full.
+    pub const WATCH_FULL: u32 = 2;
+    /// Syscalls whose arguments could not be parked between enter and exit (map full).
+    pub const PENDING_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Why a process is in the `WATCHED` map (bits).
+pub mod watch {
+    /// It was exec'd with `LISTEN_FDS` in its environment.
+    pub const LISTEN_FDS: u32 = 1;
+    /// An ancestor was watched when it forked.
+    pub const INHERITED: u32 = 2;
+    /// Userspace put it there (`--pid`, or the start-up snapshot).
+    pub const SELECTED: u32 = 4;
+}
+
+pub const COMM_LEN: usize = 16;
+
+/// First in every record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecordHeader {
+    pub kind: u32,
+    pub version: u16,
+    /// Size of the whole record in bytes.
+    pub size: u16,
+    /// CLOCK_BOOTTIME, nanoseconds.
+    pub ts_ns: u64,
+    pub cgroup_id: u64,
+    /// Host TGID.
+    pub pid: u32,
+    /// Host thread id.
+    pub tid: u32,
+    /// TGID of the real parent (0 when it could not be read).
+    pub ppid: u32,
+    pub uid: u32,
+    /// TGID in the process's own PID namespace (0 when it could not be read).
+    pub ns_pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Room for any sockaddr the programs copy: `sockaddr_un` is 110 bytes.
+pub const SOCKADDR_MAX: usize = 112;
+
+/// A socket address as bytes: from the caller's buffer (bind, connect) or, for unix sockets,
+/// from the kernel's own copy. `len` is the length given (it may exceed the bytes kept).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockAddrRaw {
+    pub len: u32,
+    /// Non-zero when the bytes were read.
+    pub ok: u32,
+    pub bytes: [u8; SOCKADDR_MAX],
+}
+
+/// Bits of [`SockInfo::flags`].
+pub mod sock_flags {
+    /// The fd resolved to a socket and its fields were read.
+    pub const VALID: u8 = 1;
+    /// SO_REUSEPORT was set on the socket.
+    pub const REUSEPORT: u8 = 2;
+}
+
+/// What the kernel's `struct sock` says about a socket, read through the caller's fd table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockInfo {
+    /// Socket inode number: with `netns`, the socket's identity.
+    pub inode: u64,
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    pub family: u16,
+    /// TCP state (10 = LISTEN).
+    pub state: u8,
+    pub flags: u8,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    /// sk_max_ack_backlog.
+    pub backlog: u32,
+    /// sk_ack_backlog: connections waiting in the accept queue.
+    pub depth: u32,
+    pub _pad: u32,
+    /// IPv4 in the first 4 bytes, or IPv6, network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+
+pub const FILENAME_LEN: usize = 256;
+pub const ARGV_MAX: usize = 8;
+pub const ARG_LEN: usize = 64;
+pub const LISTEN_VALUE_LEN: usize = 16;
+pub const FDNAMES_LEN: usize = 256;
+/// How many environment entries the exec probe looks at for LISTEN_*.
+pub const ENVP_MAX: u32 = 128;
+
+/// Bits of [`ExecRecord::flags`].
+pub mod exec_flags {
+    pub const HAS_LISTEN_PID: u32 = 1;
+    pub const HAS_LISTEN_FDS: u32 = 2;
+    pub const HAS_LISTEN_FDNAMES: u32 = 4;
+    /// More argv entries exist than were kept.
+    pub const ARGV_TRUNCATED: u32 = 8;
+    pub const EXECVEAT: u32 = 16;
+    /// The environment had more entries than the probe looks at.
+    pub const ENVP_TRUNCATED: u32 = 32;
+}
+
+/// A successful execve/execveat. Strings are NUL-terminated as the kernel's string copy leaves
+/// them; a string that fills its buffer was cut.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExecRecord {
+    pub header: RecordHeader,
+    pub flags: u32,
+    /// argv entries kept (at most [`ARGV_MAX`]).
+    pub argc: u32,
+    pub filename: [u8; FILENAME_LEN],
+    pub argv: [[u8; ARG_LEN]; ARGV_MAX],
+    /// The values only, without `NAME=`.
+    pub listen_pid: [u8; LISTEN_VALUE_LEN],
+    pub listen_fds: [u8; LISTEN_VALUE_LEN],
+    pub listen_fdnames: [u8; FDNAMES_LEN],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitRecord {
+    pub header: RecordHeader,
+    /// The task's exit_code as wait() reports it: (code << 8) | signal.
+    pub exit_code: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct BindRecord {
+    pub header: RecordHeader,
+    pub fd: i32,
+    pub _pad: u32,
+    pub ret: i64,
+    /// The address as the caller passed it.
+    pub addr: SockAddrRaw,
+    pub sock: SockInfo,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ListenRecord {
+    pub header: RecordHeader,
+    pub fd: i32,
+    /// As passed to listen().
+    pub backlog: i32,
+    pub ret: i64,
+    pub sock: SockInfo,
+    /// The local address when the socket is a unix socket.
+    pub unix: SockAddrRaw,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct AcceptRecord {
+    pub header: RecordHeader,
+    pub listen_fd: i32,
+    pub _pad: u32,
+    /// The new fd, or a negative errno.
+    pub ret: i64,
+    pub listener: SockInfo,
+    /// The accepted socket: its remote end is the peer.
+    pub conn: SockInfo,
+    /// The listener's address when it is a unix socket.
+    pub unix: SockAddrRaw,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectRecord {
+    pub header: RecordHeader,
+    pub fd: i32,
+    pub _pad: u32,
+    pub ret: i64,
+    pub addr: SockAddrRaw,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ShutdownRecord {
+    pub header: RecordHeader,
+    pub fd: i32,
+    pub how: i32,
+    pub ret: i64,
+    /// Read before the call: the socket was listening.
+    pub sock: SockInfo,
+    pub unix: SockAddrRaw,
+}
+
+/// Settings the loader hands the programs as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FilterConfig {
+    /// The agent's own TGID: never traced.
+    pub self_tgid: u32,
+    /// Non-zero: every process (`--all`).
+    pub all: u32,
+    /// Non-zero: the `PORTS` map holds selected ports.
+    pub ports: u32,
+    pub _pad: u32,
+}
+
+/// Offsets of kernel structure members, resolved from BTF at start-up (aya's Rust eBPF has no
+/// CO-RE relocations). A zero `valid` means the programs must not walk kernel structures.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelOffsets {
+    pub valid: u32,
+    pub task_files: u32,
+    pub task_real_parent: u32,
+    pub task_group_leader: u32,
+    pub task_tgid: u32,
+    pub task_thread_pid: u32,
+    pub task_exit_code: u32,
+    pub pid_level: u32,
+    pub pid_numbers: u32,
+    pub upid_size: u32,
+    pub upid_nr: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_private_data: u32,
+    pub file_inode: u32,
+    pub inode_ino: u32,
+    pub socket_sk: u32,
+    pub sk_family: u32,
+    pub sk_state: u32,
+    pub sk_num: u32,
+    pub sk_dport: u32,
+    pub sk_rcv_saddr: u32,
+    pub sk_daddr: u32,
+    pub sk_v6_rcv_saddr: u32,
+    pub sk_v6_daddr: u32,
+    pub sk_net: u32,
+    pub net_ns_inum: u32,
+    /// Byte holding the skc_reuseport bit, and its mask.
+    pub sk_reuseport_byte: u32,
+    pub sk_reuseport_mask: u32,
+    pub sk_ack_backlog: u32,
+    pub sk_max_ack_backlog: u32,
+    pub unix_addr: u32,
+    pub unix_address_len: u32,
+    pub unix_address_name: u32,
+    /// Tracepoint field offsets, from the format files.
+    pub tp_fork_child_pid: u32,
+    pub tp_exit_group_dead: u32,
+    pub inode_mode: u32,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<RecordHeader>() == 64);
+    assert!(core::mem::size_of::<SockAddrRaw>() == 120);
+    assert!(core::mem::size_of::<SockInfo>() == 64);
+    assert!(core::mem::size_of::<ExecRecord>() == 1128);
+    assert!(core::mem::size_of::<ExitRecord>() == 72);
+    assert!(core::mem::size_of::<BindRecord>() == 264);
+    assert!(core::mem::size_of::<ListenRecord>() == 264);
+    assert!(core::mem::size_of::<AcceptRecord>() == 328);
+    assert!(core::mem::size_of::<ConnectRecord>() == 200);
+    assert!(core::mem::size_of::<ShutdownRecord>() == 264);
+    assert!(core::mem::size_of::<FilterConfig>() == 16);
+    assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type here is #[repr(C)], padding-free (asserted above), and valid for any
+    // bit pattern.
+    unsafe impl aya::Pod for FilterConfig {}
+    unsafe impl aya::Pod for KernelOffsets {}
+}

@@ -1,0 +1,288 @@
+//! Reads of kernel structures through member offsets that the loader resolved from BTF, and the
+//! record header every probe fills.
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+    generated::{
+        bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
+        bpf_probe_read_kernel as raw_read_kernel, bpf_probe_read_user as raw_read_user,
+        bpf_probe_read_user_str as raw_read_user_str,
+    },
+};
+use sockact_common::{
+    KernelOffsets, RECORD_VERSION, RecordHeader, RecordKind, SOCKADDR_MAX, SockAddrRaw, SockInfo,
+    sock_flags,
+};
+
+use crate::maps::OFFSETS;
+
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+/// Sanity bound on a PID namespace nesting level.
+const MAX_PID_LEVEL: u32 = 32;
+
+#[inline(always)]
+fn at(base: *const u8, off: u32) -> *const u8 {
+    base.wrapping_add(off as usize)
+}
+
+#[inline(always)]
+unsafe fn read<T>(base: *const u8, off: u32) -> Option<T> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address.
+    unsafe { bpf_probe_read_kernel(at(base, off) as *const T).ok() }
+}
+
+#[inline(always)]
+unsafe fn read_ptr(base: *const u8, off: u32) -> Option<*const u8> {
+    let p: *const u8 = unsafe { read(base, off)? };
+    if p.is_null() { None } else { Some(p) }
+}
+
+#[inline(always)]
+pub fn offsets() -> Option<KernelOffsets> {
+    let o = OFFSETS.load();
+    if o.valid == 0 { None } else { Some(o) }
+}
+
+#[inline(always)]
+fn current_task() -> *const u8 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_get_current_task() as *const u8 }
+}
+
+/// Fills a header in place; `size` is the whole record's.
+#[inline(always)]
+pub fn fill_header(h: &mut RecordHeader, kind: RecordKind, size: usize, pid_tgid: u64) {
+    h.kind = kind as u32;
+    h.version = RECORD_VERSION;
+    h.size = size as u16;
+    // SAFETY: plain helper calls.
+    unsafe {
+        h.ts_ns = bpf_ktime_get_boot_ns();
+        h.cgroup_id = bpf_get_current_cgroup_id();
+    }
+    h.pid = (pid_tgid >> 32) as u32;
+    h.tid = pid_tgid as u32;
+    h.uid = bpf_get_current_uid_gid() as u32;
+    h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    h.ppid = 0;
+    h.ns_pid = 0;
+    h._pad = 0;
+    if let Some(o) = offsets() {
+        let task = current_task();
+        // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
+        unsafe {
+            if let Some(parent) = read_ptr(task, o.task_real_parent) {
+                h.ppid = read::<u32>(parent, o.task_tgid).unwrap_or(0);
+            }
+            if let Some(leader) = read_ptr(task, o.task_group_leader) {
+                h.ns_pid = ns_pid_of(leader, &o).unwrap_or(0);
+            }
+        }
+    }
+}
+
+/// The task's PID as its own PID namespace sees it.
+#[inline(always)]
+unsafe fn ns_pid_of(task: *const u8, o: &KernelOffsets) -> Option<u32> {
+    unsafe {
+        let pid = read_ptr(task, o.task_thread_pid)?;
+        let level: u32 = read(pid, o.pid_level)?;
+        if level > MAX_PID_LEVEL {
+            return None;
+        }
+        read(pid, o.pid_numbers + level * o.upid_size + o.upid_nr)
+    }
+}
+
+/// The current task's exit_code (as wait() reports it).
+#[inline(always)]
+pub fn current_exit_code() -> u32 {
+    match offsets() {
+        // SAFETY: fault-tolerant kernel read.
+        Some(o) => unsafe { read::<u32>(current_task(), o.task_exit_code).unwrap_or(0) },
+        None => 0,
+    }
+}
+
+/// The `struct sock` behind one of the current process's fds, with its socket inode number.
+#[inline(always)]
+pub fn sock_of_fd(fd: i32) -> Option<(*const u8, u64)> {
+    let o = offsets()?;
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets; the fd index is checked
+    // against the table's size.
+    unsafe {
+        let files = read_ptr(current_task(), o.task_files)?;
+        let fdt = read_ptr(files, o.files_fdt)?;
+        let max_fds: u32 = read(fdt, o.fdt_max_fds)?;
+        if fd as u32 >= max_fds {
+            return None;
+        }
+        let fd_array = read_ptr(fdt, o.fdt_fd)?;
+        let file = read_ptr(fd_array, fd as u32 * 8)?;
+        let inode = read_ptr(file, o.file_inode)?;
+        let mode: u16 = read(inode, o.inode_mode)?;
+        if mode & S_IFMT != S_IFSOCK {
+            return None;
+        }
+        let ino: u64 = read(inode, o.inode_ino)?;
+        let socket = read_ptr(file, o.file_private_data)?;
+        let sk = read_ptr(socket, o.socket_sk)?;
+        Some((sk, ino))
+    }
+}
+
+/// The TCP state of a socket (10 = LISTEN).
+#[inline(always)]
+pub fn sock_state(sk: *const u8) -> u8 {
+    match offsets() {
+        // SAFETY: fault-tolerant kernel read.
+        Some(o) => unsafe { read(sk, o.sk_state).unwrap_or(0) },
+        None => 0,
+    }
+}
+
+/// The local port of a socket, host byte order.
+#[inline(always)]
+pub fn sock_local_port(sk: *const u8) -> u16 {
+    match offsets() {
+        // SAFETY: fault-tolerant kernel read.
+        Some(o) => unsafe { read(sk, o.sk_num).unwrap_or(0) },
+        None => 0,
+    }
+}
+
+/// Fills `info` from the socket behind `fd`; returns the family when it resolved.
+#[inline(always)]
+pub fn fill_sock_info(info: &mut SockInfo, fd: i32) -> Option<(*const u8, u16)> {
+    info.flags = 0;
+    info.family = 0;
+    info.inode = 0;
+    info.netns = 0;
+    info.state = 0;
+    info.local_port = 0;
+    info.remote_port = 0;
+    info.backlog = 0;
+    info.depth = 0;
+    info._pad = 0;
+    info.local_addr = [0; 16];
+    info.remote_addr = [0; 16];
+    let o = offsets()?;
+    let (sk, ino) = sock_of_fd(fd)?;
+    info.inode = ino;
+    // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
+    unsafe {
+        let family: u16 = read(sk, o.sk_family)?;
+        info.family = family;
+        info.flags = sock_flags::VALID;
+        info.state = read(sk, o.sk_state).unwrap_or(0);
+        info.local_port = read(sk, o.sk_num).unwrap_or(0);
+        info.remote_port = u16::from_be(read(sk, o.sk_dport).unwrap_or(0));
+        info.backlog = read(sk, o.sk_max_ack_backlog).unwrap_or(0);
+        info.depth = read(sk, o.sk_ack_backlog).unwrap_or(0);
+        let reuse: u8 = read(sk, o.sk_reuseport_byte).unwrap_or(0);
+        if reuse & o.sk_reuseport_mask as u8 != 0 {
+            info.flags |= sock_flags::REUSEPORT;
+        }
+        if let Some(net) = read_ptr(sk, o.sk_net) {
+            info.netns = read(net, o.net_ns_inum).unwrap_or(0);
+        }
+        if family == AF_INET {
+            let local: [u8; 4] = read(sk, o.sk_rcv_saddr).unwrap_or([0; 4]);
+            let remote: [u8; 4] = read(sk, o.sk_daddr).unwrap_or([0; 4]);
+            info.local_addr[..4].copy_from_slice(&local);
+            info.remote_addr[..4].copy_from_slice(&remote);
+        } else if family == AF_INET6 {
+            info.local_addr = read(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
+            info.remote_addr = read(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
+        }
+        Some((sk, family))
+    }
+}
+
+/// Copies a unix socket's own address (the kernel's `unix_address`) into `raw`.
+#[inline(always)]
+pub fn fill_unix_addr(raw: &mut SockAddrRaw, sk: *const u8) {
+    raw.len = 0;
+    raw.ok = 0;
+    let Some(o) = offsets() else { return };
+    // SAFETY: fault-tolerant kernel reads; the copy size is clamped to the buffer.
+    unsafe {
+        let Some(addr) = read_ptr(sk, o.unix_addr) else {
+            return;
+        };
+        let Some(len) = read::<i32>(addr, o.unix_address_len) else {
+            return;
+        };
+        let n = clamp_len(len as u32);
+        raw.len = len as u32;
+        if raw_read_kernel(
+            raw.bytes.as_mut_ptr() as *mut c_void,
+            n,
+            at(addr, o.unix_address_name) as *const c_void,
+        ) == 0
+        {
+            raw.ok = 1;
+        }
+    }
+}
+
+/// Copies a caller's sockaddr into `raw`.
+#[inline(always)]
+pub fn fill_user_addr(raw: &mut SockAddrRaw, ptr: u64, len: i32) {
+    raw.len = len as u32;
+    raw.ok = 0;
+    if ptr == 0 || len <= 0 {
+        return;
+    }
+    let n = clamp_len(len as u32);
+    // SAFETY: fault-tolerant user read; the size is clamped to the buffer.
+    if unsafe {
+        raw_read_user(
+            raw.bytes.as_mut_ptr() as *mut c_void,
+            n,
+            ptr as *const c_void,
+        )
+    } == 0
+    {
+        raw.ok = 1;
+    }
+}
+
+/// A copy size the verifier can bound: 1..=SOCKADDR_MAX.
+#[inline(always)]
+fn clamp_len(len: u32) -> u32 {
+    let n = if len > SOCKADDR_MAX as u32 {
+        SOCKADDR_MAX as u32
+    } else {
+        len
+    };
+    if n == 0 { 1 } else { n }
+}
+
+/// Whether a family is AF_UNIX.
+#[inline(always)]
+pub fn is_unix(family: u16) -> bool {
+    family == AF_UNIX
+}
+
+/// Copies a NUL-terminated user string into `dst` (always NUL-terminated, cut to fit);
+/// true when the read worked.
+#[inline(always)]
+pub fn read_user_str<const N: usize>(src: u64, dst: &mut [u8; N]) -> bool {
+    // SAFETY: fault-tolerant user read bounded by the destination's constant size.
+    unsafe {
+        raw_read_user_str(
+            dst.as_mut_ptr() as *mut c_void,
+            N as u32,
+            src as *const c_void,
+        ) > 0
+    }
+}

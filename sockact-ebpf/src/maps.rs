@@ -1,0 +1,106 @@
+//! Every map and global the programs share, named as sockact-common's `names` says.
+use aya_ebpf::{
+    Global,
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use sockact_common::{ExecRecord, FilterConfig, KernelOffsets, counter};
+
+/// Records for userspace. Its size is set by the loader.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Per-CPU counters, indexed by `sockact_common::counter`.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Watched processes: TGID -> `sockact_common::watch` bits.
+#[map(name = "WATCHED")]
+pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
+
+/// Ports selected with `--port`.
+#[map(name = "PORTS")]
+pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+
+/// An exec in flight: read at syscall entry (the caller's memory is gone after a successful
+/// exec), emitted at exit only when it succeeded. Keyed by TGID: the exec'ing thread becomes the
+/// group leader.
+#[map]
+pub static PENDING_EXEC: HashMap<u32, ExecRecord> = HashMap::with_max_entries(1024, 0);
+
+/// The exec record is too large for the 512-byte stack: it is built here, then parked.
+#[map]
+pub static EXEC_SCRATCH: PerCpuArray<ExecRecord> = PerCpuArray::with_max_entries(1, 0);
+
+/// Arguments of a socket syscall in flight, keyed by pid_tgid, taken at its exit.
+#[map]
+pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Pending {
+    /// User pointer to a sockaddr (bind, connect).
+    pub ptr: u64,
+    pub fd: i32,
+    /// backlog (listen), how (shutdown), addrlen (bind, connect).
+    pub arg: i32,
+}
+
+#[unsafe(no_mangle)]
+pub static FILTER: Global<FilterConfig> = Global::new(FilterConfig {
+    self_tgid: 0,
+    all: 0,
+    ports: 0,
+    _pad: 0,
+});
+
+#[unsafe(no_mangle)]
+pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+    valid: 0,
+    task_files: 0,
+    task_real_parent: 0,
+    task_group_leader: 0,
+    task_tgid: 0,
+    task_thread_pid: 0,
+    task_exit_code: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
+    upid_nr: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_private_data: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    socket_sk: 0,
+    sk_family: 0,
+    sk_state: 0,
+    sk_num: 0,
+    sk_dport: 0,
+    sk_rcv_saddr: 0,
+    sk_daddr: 0,
+    sk_v6_rcv_saddr: 0,
+    sk_v6_daddr: 0,
+    sk_net: 0,
+    net_ns_inum: 0,
+    sk_reuseport_byte: 0,
+    sk_reuseport_mask: 0,
+    sk_ack_backlog: 0,
+    sk_max_ack_backlog: 0,
+    unix_addr: 0,
+    unix_address_len: 0,
+    unix_address_name: 0,
+    tp_fork_child_pid: 0,
+    tp_exit_group_dead: 0,
+    inode_mode: 0,
+});
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+pub fn count(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while the program runs.
+        unsafe { *c += 1 };
+    }
+}

@@ -1,0 +1,66 @@
+//! connect(): the destination as the caller passed it, and the result (EINPROGRESS included).
+//! Kept for watched processes and selected ports.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use sockact_common::{ConnectRecord, RecordKind};
+
+use crate::{
+    filter::{tgid_of, user_addr_port_selected, watched},
+    kernel::{fill_header, fill_user_addr},
+    maps::Pending,
+    probes::{arg, park, reserve, ret, take},
+};
+
+#[tracepoint]
+pub fn syscalls_sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+fn try_enter(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let keep = watched(tgid_of(pid_tgid))?;
+    let ptr: u64 = arg(ctx, 1)?;
+    if !(keep || user_addr_port_selected(ptr)) {
+        return None;
+    }
+    let fd: i64 = arg(ctx, 0)?;
+    let len: i64 = arg(ctx, 2)?;
+    park(
+        pid_tgid,
+        Pending {
+            ptr,
+            fd: fd as i32,
+            arg: len as i32,
+        },
+    );
+    Some(())
+}
+
+fn try_exit(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pending = take(pid_tgid)?;
+    let result = ret(ctx)?;
+    let mut entry = reserve::<ConnectRecord>()?;
+    // SAFETY: the reserved slot is ours until submitted; every field is written below.
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(
+        &mut rec.header,
+        RecordKind::Connect,
+        core::mem::size_of::<ConnectRecord>(),
+        pid_tgid,
+    );
+    rec.fd = pending.fd;
+    rec._pad = 0;
+    rec.ret = result;
+    fill_user_addr(&mut rec.addr, pending.ptr, pending.arg);
+    entry.submit(0);
+    Some(())
+}

@@ -1,0 +1,209 @@
+//! execve/execveat: filename, the first argv entries, and LISTEN_PID / LISTEN_FDS /
+//! LISTEN_FDNAMES from the environment. No other variable is ever read: environments hold
+//! secrets. Read at entry (the caller's memory is gone after a successful exec), emitted at exit
+//! only when the exec succeeded; a process exec'd with LISTEN_FDS is marked watched.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        generated::bpf_probe_read_kernel as raw_read_kernel,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use sockact_common::{ARGV_MAX, ENVP_MAX, ExecRecord, RecordKind, counter, exec_flags, watch};
+
+use crate::{
+    filter::{tgid_of, watched},
+    kernel::{fill_header, read_user_str},
+    maps::{EXEC_SCRATCH, PENDING_EXEC, WATCHED, count},
+    probes::{arg, reserve, ret},
+};
+
+#[tracepoint]
+pub fn syscalls_sys_enter_execve(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx, 0, 0);
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_sys_enter_execveat(ctx: TracePointContext) -> u32 {
+    // execveat(dirfd, filename, argv, envp, flags): everything one argument later.
+    let _ = try_enter(&ctx, 1, exec_flags::EXECVEAT);
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_sys_exit_execve(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_sys_exit_execveat(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+/// "LISTEN_" as the low 7 bytes of a little-endian u64.
+const LISTEN_PREFIX: u64 = u64::from_le_bytes(*b"LISTEN_\0");
+const PREFIX_MASK: u64 = 0x00ff_ffff_ffff_ffff;
+
+fn try_enter(ctx: &TracePointContext, shift: usize, flags: u32) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = tgid_of(pid_tgid);
+    let keep = watched(tgid)?;
+    let rec = EXEC_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+    let rec = unsafe { &mut *rec };
+    rec.flags = flags;
+    rec.argc = 0;
+    rec.filename[0] = 0;
+    rec.listen_pid[0] = 0;
+    rec.listen_fds[0] = 0;
+    rec.listen_fdnames[0] = 0;
+
+    let envp: u64 = arg(ctx, 2 + shift)?;
+    scan_env(envp, rec);
+    if !keep && rec.flags & exec_flags::HAS_LISTEN_FDS == 0 {
+        return None;
+    }
+
+    let filename: u64 = arg(ctx, shift)?;
+    read_user_str(filename, &mut rec.filename);
+    let argv: u64 = arg(ctx, 1 + shift)?;
+    read_argv(argv, rec);
+    if PENDING_EXEC.insert(&tgid, rec, 0).is_err() {
+        count(counter::PENDING_FULL);
+    }
+    Some(())
+}
+
+fn read_argv(argv: u64, rec: &mut ExecRecord) {
+    if argv == 0 {
+        return;
+    }
+    for i in 0..ARGV_MAX {
+        // SAFETY: user pointer reads through the fault-tolerant helper.
+        let Ok(p) = (unsafe { bpf_probe_read_user((argv as *const u64).wrapping_add(i)) }) else {
+            return;
+        };
+        if p == 0 {
+            return;
+        }
+        let slot = &mut rec.argv[i];
+        slot[0] = 0;
+        read_user_str(p, slot);
+        rec.argc = i as u32 + 1;
+    }
+    // SAFETY: as above.
+    if let Ok(next) = unsafe { bpf_probe_read_user((argv as *const u64).wrapping_add(ARGV_MAX)) } {
+        if next != 0 {
+            rec.flags |= exec_flags::ARGV_TRUNCATED;
+        }
+    }
+}
+
+/// Looks at the first `ENVP_MAX` entries for the three LISTEN_* variables only.
+fn scan_env(envp: u64, rec: &mut ExecRecord) {
+    if envp == 0 {
+        return;
+    }
+    for i in 0..ENVP_MAX as usize {
+        // SAFETY: user pointer reads through the fault-tolerant helper.
+        let Ok(p) = (unsafe { bpf_probe_read_user((envp as *const u64).wrapping_add(i)) }) else {
+            return;
+        };
+        if p == 0 {
+            return;
+        }
+        let mut head = [0u8; 16];
+        if !read_user_str(p, &mut head) {
+            continue;
+        }
+        let word = u64::from_le_bytes([
+            head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+        ]);
+        if word & PREFIX_MASK != LISTEN_PREFIX {
+            continue;
+        }
+        if head[7] == b'P' && head[8] == b'I' && head[9] == b'D' && head[10] == b'=' {
+            if read_user_str(p + 11, &mut rec.listen_pid) {
+                rec.flags |= exec_flags::HAS_LISTEN_PID;
+            }
+        } else if head[7] == b'F' && head[8] == b'D' && head[9] == b'S' && head[10] == b'=' {
+            if read_user_str(p + 11, &mut rec.listen_fds) {
+                rec.flags |= exec_flags::HAS_LISTEN_FDS;
+            }
+        } else if head[7] == b'F'
+            && head[8] == b'D'
+            && head[9] == b'N'
+            && head[10] == b'A'
+            && head[11] == b'M'
+            && head[12] == b'E'
+            && head[13] == b'S'
+            && head[14] == b'='
+        {
+            if read_user_str(p + 15, &mut rec.listen_fdnames) {
+                rec.flags |= exec_flags::HAS_LISTEN_FDNAMES;
+            }
+        }
+        if i + 1 == ENVP_MAX as usize {
+            // SAFETY: as above.
+            if let Ok(next) =
+                unsafe { bpf_probe_read_user((envp as *const u64).wrapping_add(i + 1)) }
+            {
+                if next != 0 {
+                    rec.flags |= exec_flags::ENVP_TRUNCATED;
+                }
+            }
+        }
+    }
+}
+
+fn try_exit(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = tgid_of(pid_tgid);
+    let pending = PENDING_EXEC.get_ptr(&tgid)?;
+    let ok = ret(ctx)? == 0;
+    if ok {
+        // SAFETY: `pending` points at a live map value.
+        let flags = unsafe { (*pending).flags };
+        if flags & exec_flags::HAS_LISTEN_FDS != 0 {
+            let bits = WATCHED.get_ptr(&tgid).map(|b| unsafe { *b }).unwrap_or(0);
+            if WATCHED
+                .insert(&tgid, &(bits | watch::LISTEN_FDS), 0)
+                .is_err()
+            {
+                count(counter::WATCH_FULL);
+            }
+        }
+        if let Some(mut entry) = reserve::<ExecRecord>() {
+            let out = entry.as_mut_ptr();
+            // SAFETY: copies one whole record from the map value into the reserved slot.
+            let copied = unsafe {
+                raw_read_kernel(
+                    out as *mut c_void,
+                    core::mem::size_of::<ExecRecord>() as u32,
+                    pending as *const c_void,
+                )
+            };
+            if copied == 0 {
+                // SAFETY: the slot now holds an initialised record.
+                let rec = unsafe { &mut *out };
+                fill_header(
+                    &mut rec.header,
+                    RecordKind::Exec,
+                    core::mem::size_of::<ExecRecord>(),
+                    pid_tgid,
+                );
+                entry.submit(0);
+            } else {
+                entry.discard(0);
+            }
+        }
+    }
+    let _ = PENDING_EXEC.remove(&tgid);
+    Some(())
+}

@@ -1,0 +1,84 @@
+//! listen(): the backlog as passed, the socket's address and identity, and the result. Kept for
+//! watched processes, systemd managers and selected ports.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+};
+use sockact_common::{ListenRecord, RecordKind};
+
+use crate::{
+    filter::{is_manager, port_selected, tgid_of, watched},
+    kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix, sock_local_port, sock_of_fd},
+    maps::Pending,
+    probes::{arg, park, reserve, ret, take},
+};
+
+#[tracepoint]
+pub fn syscalls_sys_enter_listen(ctx: TracePointContext) -> u32 {
+    let _ = try_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_sys_exit_listen(ctx: TracePointContext) -> u32 {
+    let _ = try_exit(&ctx);
+    0
+}
+
+fn try_enter(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let keep = watched(tgid_of(pid_tgid))?;
+    let fd: i64 = arg(ctx, 0)?;
+    let fd = fd as i32;
+    if !(keep || is_manager() || fd_port_selected(fd)) {
+        return None;
+    }
+    let backlog: i64 = arg(ctx, 1)?;
+    park(
+        pid_tgid,
+        Pending {
+            ptr: 0,
+            fd,
+            arg: backlog as i32,
+        },
+    );
+    Some(())
+}
+
+/// Whether the socket behind `fd` is bound to a port selected with `--port`.
+#[inline(always)]
+pub fn fd_port_selected(fd: i32) -> bool {
+    if crate::maps::FILTER.load().ports == 0 {
+        return false;
+    }
+    match sock_of_fd(fd) {
+        Some((sk, _)) => port_selected(sock_local_port(sk)),
+        None => false,
+    }
+}
+
+fn try_exit(ctx: &TracePointContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let pending = take(pid_tgid)?;
+    let result = ret(ctx)?;
+    let mut entry = reserve::<ListenRecord>()?;
+    // SAFETY: the reserved slot is ours until submitted; every field is written below.
+    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    fill_header(
+        &mut rec.header,
+        RecordKind::Listen,
+        core::mem::size_of::<ListenRecord>(),
+        pid_tgid,
+    );
+    rec.fd = pending.fd;
+    rec.backlog = pending.arg;
+    rec.ret = result;
+    rec.unix.len = 0;
+    rec.unix.ok = 0;
+    if let Some((sk, family)) = fill_sock_info(&mut rec.sock, pending.fd) {
+        if is_unix(family) {
+            fill_unix_addr(&mut rec.unix, sk);
+        }
+    }
+    entry.submit(0);
+    Some(())
+}
