@@ -1,1 +1,179 @@
+//! Helpers for the privileged tests: run the real `sockact-trace`, make real syscalls, read its
+//! NDJSON stream. A test that cannot run (not root, binary missing) fails with the reason.
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, channel},
+    thread,
+    time::{Duration, Instant},
+};
 
+use serde_json::Value;
+
+/// The sockact-trace binary under test.
+pub fn trace_bin() -> PathBuf {
+    let path = std::env::var_os("SOCKACT_TRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sockact-trace")
+        });
+    assert!(
+        path.exists(),
+        "{} does not exist: run the privileged tests through `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test, with the reason, when it cannot load eBPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF programs and needs root: run `sudo -E cargo xtask test`"
+    );
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+/// A running `sockact-trace --format json`, its stdout parsed line by line.
+pub struct Trace {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<Value>,
+}
+
+impl Trace {
+    /// Starts the tracer and waits until every program is attached.
+    pub fn start(args: &[&str]) -> Trace {
+        require_root();
+        let mut child = Command::new(trace_bin())
+            .args(["--format", "json", "--duration", "60"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting sockact-trace");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut trace = Trace {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        };
+        trace.wait_for(Duration::from_secs(30), |v| {
+            v["kind"] == "agent" && v["action"] == "attached"
+        });
+        trace
+    }
+
+    fn pump(&mut self, timeout: Duration) -> bool {
+        match self.lines.recv_timeout(timeout) {
+            Ok(line) => {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                self.seen.push(v);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits for a line matching `pred` and returns it; fails the test after `timeout`.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.pump(Duration::from_millis(50)) {
+                let last = self.seen.last().expect("just pushed");
+                if pred(last) {
+                    return last.clone();
+                }
+            }
+        }
+        panic!(
+            "no matching line within {timeout:?}; saw {} lines:\n{}",
+            self.seen.len(),
+            self.dump()
+        );
+    }
+
+    /// Stops the tracer with SIGINT and returns every line it wrote, `agent` stop last.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("waiting for sockact-trace");
+        while self.pump(Duration::from_millis(500)) {}
+        assert!(status.success(), "sockact-trace exited with {status}");
+        let last = self.seen.last().cloned().unwrap_or_default();
+        assert!(
+            last["kind"] == "agent" && last["action"] == "stop",
+            "the last line is not the agent stop event: {last}"
+        );
+        std::mem::take(&mut self.seen)
+    }
+
+    fn dump(&self) -> String {
+        self.seen
+            .iter()
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Trace {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Lines of one kind from one process.
+pub fn of<'a>(lines: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|v| v["kind"] == kind && v["pid"] == pid)
+        .collect()
+}
+
+/// Runs a Python program given as text, with arguments; returns the child.
+pub fn python(code: &str, args: &[&str]) -> Child {
+    Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(code)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting python3 (cargo xtask setup installs it)")
+}
+
+/// Waits for a child and fails the test when it did not succeed.
+pub fn wait_ok(mut child: Child, what: &str) -> String {
+    let status = child.wait().expect("waiting for a child");
+    let mut out = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        use std::io::Read;
+        let _ = s.read_to_string(&mut out);
+    }
+    assert!(status.success(), "{what} failed: {status}; output: {out}");
+    out
+}

@@ -1,0 +1,49 @@
+//! The command line's contract: usage errors exit 2 with a one-line reason; help exits 0.
+use std::process::Command;
+
+fn trace(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sockact-trace"))
+        .args(args)
+        .output()
+        .expect("running sockact-trace")
+}
+
+#[test]
+fn an_unknown_option_exits_2_naming_it() {
+    let out = trace(&["--no-such-option"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .next()
+            .unwrap_or("")
+            .contains("--no-such-option"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_bad_value_exits_2() {
+    let out = trace(&["--duration", "never"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("never"));
+}
+
+#[test]
+fn help_lists_the_selectors_and_exits_0() {
+    let out = trace(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--all",
+        "--pid",
+        "--port",
+        "--format",
+        "--duration",
+        "--kernel-log",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}

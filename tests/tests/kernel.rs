@@ -1,0 +1,356 @@
+//! Kernel tests: the real programs, loaded by the real sockact-trace, seeing real syscalls.
+use std::{
+    net::TcpStream,
+    process::{Command, Stdio},
+    thread::sleep,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sockact_tests::{Trace, free_port, of, python, require_root, trace_bin, wait_ok};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Binds, listens with backlog 7, connects to itself, accepts, then execs /bin/true.
+const SELF_CONNECT: &str = r#"
+import os, socket, sys
+port = int(sys.argv[1])
+s = socket.socket()
+s.bind(("127.0.0.1", port))
+s.listen(7)
+c = socket.create_connection(("127.0.0.1", port))
+a, _ = s.accept()
+os.execv("/bin/true", ["true", "done"])
+"#;
+
+#[test]
+fn all_mode_sees_bind_listen_connect_accept_and_exec() {
+    let port = free_port();
+    let mut trace = Trace::start(&["--all"]);
+    let child = python(SELF_CONNECT, &[&port.to_string()]);
+    let pid = child.id();
+    wait_ok(child, "the self-connecting script");
+    trace.wait_for(WAIT, |v| v["kind"] == "exec" && v["pid"] == pid);
+    let lines = trace.stop();
+
+    let addr = format!("127.0.0.1:{port}");
+    let bind = of(&lines, "bind", pid);
+    let bind = bind
+        .iter()
+        .find(|v| v["addr"] == addr.as_str())
+        .unwrap_or_else(|| panic!("no bind of {addr} by {pid}"));
+    assert!(
+        bind["comm"].as_str().unwrap().starts_with("python3"),
+        "{bind}"
+    );
+    assert_eq!(bind["family"], "inet");
+    assert_eq!(bind["port"], port);
+    assert_eq!(bind["ret"], 0);
+    assert!(bind.get("errno").is_none());
+    assert!(bind["pid"].is_u64(), "pid is a number");
+
+    let listen = of(&lines, "listen", pid);
+    assert_eq!(listen.len(), 1, "{listen:?}");
+    assert_eq!(listen[0]["backlog"], 7);
+    assert_eq!(listen[0]["addr"], addr.as_str());
+    assert!(listen[0]["comm"].as_str().unwrap().starts_with("python3"));
+
+    let connect = of(&lines, "connect", pid);
+    assert!(
+        connect
+            .iter()
+            .any(|v| v["addr"] == addr.as_str() && v["ret"] == 0),
+        "{connect:?}"
+    );
+
+    let accept = of(&lines, "accept", pid);
+    assert_eq!(accept.len(), 1, "{accept:?}");
+    assert_eq!(accept[0]["listener"], addr.as_str());
+    assert_eq!(accept[0]["listen_fd"], listen[0]["fd"]);
+    assert!(accept[0]["fd"].as_i64().unwrap() > 2);
+    assert!(
+        accept[0]["addr"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    assert_eq!(accept[0]["inode"], listen[0]["inode"], "same listener");
+
+    let exec: Vec<_> = of(&lines, "exec", pid)
+        .into_iter()
+        .filter(|v| v["filename"] == "/bin/true")
+        .collect();
+    assert_eq!(exec.len(), 1, "{exec:?}");
+    assert_eq!(exec[0]["argv"][0], "true");
+    assert_eq!(exec[0]["argv"][1], "done");
+    assert_eq!(exec[0]["comm"], "true");
+    assert!(exec[0].get("listen_fds").is_none());
+
+    let seqs: Vec<u64> = lines.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=lines.len() as u64).collect::<Vec<_>>());
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["v"] == 1 && v["ts"].as_str().unwrap().ends_with('Z'))
+    );
+}
+
+/// Ignores fd 3 and binds the port itself.
+const DOUBLE_BIND: &str = r#"
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError as e:
+    print(e.errno)
+"#;
+
+/// Binds, listens and connects on its own port: unrelated to socket activation.
+const UNRELATED: &str = r#"
+import socket, sys, time
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+for _ in range(20):
+    c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+    a, _ = s.accept()
+    a.close(); c.close()
+    time.sleep(0.01)
+"#;
+
+#[test]
+fn socket_activated_service_binding_its_own_port_is_seen_with_its_listen_fds() {
+    let port = free_port();
+    let other = free_port();
+    let mut trace = Trace::start(&[]);
+    let activated = Command::new("systemd-socket-activate")
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "--",
+            "/usr/bin/python3",
+            "-c",
+            DOUBLE_BIND,
+        ])
+        .arg(port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    let pid = activated.id();
+    let unrelated = python(UNRELATED, &[&other.to_string()]);
+    let unrelated_pid = unrelated.id();
+    sleep(Duration::from_millis(200));
+    // systemd-socket-activate execs the service on the first connection.
+    let _client = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the socket");
+    let out = wait_ok(activated, "the activated service");
+    assert_eq!(
+        out.trim(),
+        "98",
+        "the service's own bind failed with EADDRINUSE"
+    );
+    wait_ok(unrelated, "the unrelated script");
+    trace.wait_for(WAIT, |v| v["kind"] == "exit" && v["pid"] == pid);
+    let lines = trace.stop();
+
+    let exec = of(&lines, "exec", pid);
+    let exec = exec
+        .iter()
+        .find(|v| v["filename"].as_str().unwrap_or("").contains("python3"))
+        .unwrap_or_else(|| panic!("no exec of python3 by {pid}: {lines:?}"));
+    assert_eq!(exec["listen_fds"], 1);
+    assert_eq!(exec["listen_pid"], pid);
+
+    let bind = of(&lines, "bind", pid);
+    assert_eq!(bind.len(), 1, "{bind:?}");
+    assert_eq!(bind[0]["addr"], format!("127.0.0.1:{port}"));
+    assert_eq!(bind[0]["ret"], -98);
+    assert_eq!(bind[0]["errno"], "EADDRINUSE");
+
+    let leaked: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["pid"] == unrelated_pid || v["port"] == other)
+        .collect();
+    assert!(leaked.is_empty(), "unrelated process traced: {leaked:?}");
+}
+
+#[test]
+fn a_process_that_exits_right_after_exec_keeps_its_listen_fds() {
+    let port = free_port();
+    let mut trace = Trace::start(&[]);
+    let activated = Command::new("systemd-socket-activate")
+        .args([
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "--fdname=web",
+            "--",
+            "/bin/true",
+        ])
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    let pid = activated.id();
+    sleep(Duration::from_millis(200));
+    let _client = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the socket");
+    wait_ok(activated, "/bin/true under systemd-socket-activate");
+    let exit = trace.wait_for(WAIT, |v| v["kind"] == "exit" && v["pid"] == pid);
+    assert_eq!(exit["exit_code"], 0);
+    let lines = trace.stop();
+    let exec = of(&lines, "exec", pid);
+    assert_eq!(exec.len(), 1, "{exec:?}");
+    assert_eq!(exec[0]["filename"], "/bin/true");
+    assert_eq!(exec[0]["listen_fds"], 1);
+    assert_eq!(exec[0]["listen_pid"], pid);
+    assert_eq!(exec[0]["listen_fdnames"], serde_json::json!(["web"]));
+}
+
+/// 10,000 loopback connections, each accepted and closed.
+const LOAD: &str = r#"
+import socket, sys
+n = int(sys.argv[1])
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+addr = s.getsockname()
+for _ in range(n):
+    c = socket.create_connection(addr)
+    a, _ = s.accept()
+    a.close(); c.close()
+"#;
+
+fn submitted_under_load(args: &[&str], connections: u32) -> u64 {
+    let trace = Trace::start(args);
+    wait_ok(python(LOAD, &[&connections.to_string()]), "the load script");
+    let lines = trace.stop();
+    let stop = lines.last().unwrap();
+    let submitted = stop["submitted"].as_u64().expect("submitted is a number");
+    let lost = stop["lost"].as_u64().expect("lost is a number");
+    assert!(lost <= submitted);
+    submitted
+}
+
+#[test]
+fn unrelated_load_is_dropped_in_the_kernel() {
+    let filtered = submitted_under_load(&[], 10_000);
+    assert!(
+        filtered < 100,
+        "{filtered} records submitted for unrelated load"
+    );
+    // The same load with --all: the counter counts, and the filter is what keeps it low.
+    let all = submitted_under_load(&["--all"], 10_000);
+    // At least a connect and an accept per connection.
+    assert!(all >= 20_000, "--all submitted only {all}");
+}
+
+/// Addresses of every family, SO_REUSEPORT, and shutdown() of a listener.
+const FAMILIES: &str = r#"
+import os, socket, sys, tempfile
+port = int(sys.argv[1])
+d = tempfile.mkdtemp()
+u = socket.socket(socket.AF_UNIX)
+u.bind(os.path.join(d, "x.sock"))
+u.listen(3)
+a = socket.socket(socket.AF_UNIX)
+a.bind("\0sockact-test-%d" % os.getpid())
+v6 = socket.socket(socket.AF_INET6)
+v6.bind(("::1", port))
+r = socket.socket()
+r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+r.bind(("127.0.0.1", port))
+r.listen(5)
+r.shutdown(socket.SHUT_RDWR)
+print(d)
+"#;
+
+#[test]
+fn addresses_of_every_family_reuseport_and_listener_shutdown() {
+    let port = free_port();
+    let mut trace = Trace::start(&["--all"]);
+    let child = python(FAMILIES, &[&port.to_string()]);
+    let pid = child.id();
+    let dir = wait_ok(child, "the address script");
+    trace.wait_for(WAIT, |v| v["kind"] == "shutdown" && v["pid"] == pid);
+    let lines = trace.stop();
+    let binds = of(&lines, "bind", pid);
+    let find = |addr: &str| {
+        binds
+            .iter()
+            .find(|v| v["addr"] == addr)
+            .unwrap_or_else(|| panic!("no bind of {addr}: {binds:?}"))
+    };
+    let path = format!("{}/x.sock", dir.trim());
+    assert_eq!(find(&path)["family"], "unix");
+    assert!(find(&path).get("port").is_none());
+    let abstract_name = format!("@sockact-test-{pid}");
+    assert_eq!(find(&abstract_name)["family"], "unix");
+    let v6 = find(&format!("[::1]:{port}"));
+    assert_eq!(v6["family"], "inet6");
+    assert_eq!(v6["reuseport"], false);
+    let reuse = find(&format!("127.0.0.1:{port}"));
+    assert_eq!(reuse["reuseport"], true);
+
+    let listens = of(&lines, "listen", pid);
+    assert!(
+        listens
+            .iter()
+            .any(|v| v["addr"] == path.as_str() && v["backlog"] == 3),
+        "unix listener address: {listens:?}"
+    );
+    let shutdown = of(&lines, "shutdown", pid);
+    assert_eq!(shutdown.len(), 1, "{shutdown:?}");
+    assert_eq!(shutdown[0]["how"], "SHUT_RDWR");
+    assert_eq!(shutdown[0]["listener"], format!("127.0.0.1:{port}"));
+}
+
+/// Waits a moment (so the tracer can start with its pid), then binds.
+const LATE_BIND: &str = r#"
+import socket, sys, time
+time.sleep(float(sys.argv[2]))
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+"#;
+
+#[test]
+fn pid_and_port_selectors_narrow_to_what_was_asked() {
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let selected = python(LATE_BIND, &[&p1.to_string(), "1.5"]);
+    let other = python(LATE_BIND, &[&p2.to_string(), "1.5"]);
+    let by_port = python(LATE_BIND, &[&p3.to_string(), "1.5"]);
+    let (sel_pid, other_pid, port_pid) = (selected.id(), other.id(), by_port.id());
+    let sel_arg = sel_pid.to_string();
+    let port_arg = p3.to_string();
+    let mut trace = Trace::start(&["--pid", &sel_arg, "--port", &port_arg]);
+    wait_ok(selected, "selected");
+    wait_ok(other, "other");
+    wait_ok(by_port, "by port");
+    trace.wait_for(WAIT, |v| v["kind"] == "listen" && v["pid"] == sel_pid);
+    trace.wait_for(WAIT, |v| v["kind"] == "listen" && v["pid"] == port_pid);
+    let lines = trace.stop();
+    assert!(of(&lines, "bind", sel_pid).iter().any(|v| v["port"] == p1));
+    assert!(of(&lines, "bind", port_pid).iter().any(|v| v["port"] == p3));
+    assert!(
+        lines.iter().all(|v| v["pid"] != other_pid),
+        "the unselected process showed up"
+    );
+}
+
+#[test]
+fn without_privileges_it_says_so_in_one_line_and_exits_1() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(trace_bin())
+        .args(["--duration", "1"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}

@@ -1,0 +1,180 @@
+//! `cargo xtask setup`: everything a fresh machine needs to build and test sockact, each step
+//! checked first and done only when missing.
+use std::{os::unix::fs::symlink, path::Path, process::Command};
+
+use anyhow::{Context, bail};
+
+use crate::util::{cache_dir, is_root, output, run_cmd, stdout};
+
+/// Debian packages the build and the tests use: python3 for test servers and clients,
+/// systemd for systemd-socket-activate, iproute2 for ss, util-linux for setpriv.
+const PACKAGES: &[&str] = &["python3", "systemd", "iproute2", "util-linux"];
+
+const NIGHTLY: &str = "nightly";
+
+pub fn run() -> anyhow::Result<()> {
+    let mut report = Report::default();
+    debian_packages(&mut report)?;
+    nightly(&mut report)?;
+    bpf_linker(&mut report)?;
+    report.print();
+    Ok(())
+}
+
+#[derive(Default)]
+struct Report {
+    installed: Vec<String>,
+    present: Vec<String>,
+}
+
+impl Report {
+    fn print(&self) {
+        if self.installed.is_empty() {
+            println!("setup: nothing to install");
+        } else {
+            println!("setup: installed {}", self.installed.join(", "));
+        }
+        println!("setup: already there: {}", self.present.join(", "));
+    }
+}
+
+fn installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn debian_packages(report: &mut Report) -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    for p in PACKAGES.iter().filter(|p| !missing.contains(p)) {
+        report.present.push(format!("deb:{p}"));
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "Debian packages missing: {}; run `cargo xtask setup` as root, or `apt-get install {}`",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!("setup: installing {}", missing.join(" "));
+    run_cmd(Command::new("apt-get").arg("update").arg("-q"))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    report
+        .installed
+        .extend(missing.iter().map(|p| format!("deb:{p}")));
+    Ok(())
+}
+
+/// The nightly toolchain with rust-src (`-Z build-std=core` for bpfel-unknown-none).
+fn nightly(report: &mut Report) -> anyhow::Result<()> {
+    let toolchains = stdout(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+        report.installed.push("rust:nightly".into());
+    } else {
+        report.present.push("rust:nightly".into());
+    }
+    let components = stdout(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
+    if components.lines().any(|l| l.starts_with("rust-src")) {
+        report.present.push("rust-src".into());
+    } else {
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+        report.installed.push("rust-src".into());
+    }
+    Ok(())
+}
+
+/// The nightly's LLVM: its major version and the path of its shared library.
+fn nightly_llvm() -> anyhow::Result<(String, std::path::PathBuf, String)> {
+    let vv = stdout(Command::new("rustc").args([format!("+{NIGHTLY}").as_str(), "-vV"]))?;
+    let field = |name: &str| {
+        vv.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+    };
+    let llvm = field("LLVM version:").context("rustc +nightly -vV prints no LLVM version")?;
+    let major = llvm.split('.').next().unwrap_or_default().to_owned();
+    let commit = field("commit-hash:").unwrap_or_default();
+    let sysroot =
+        stdout(Command::new("rustc").args([format!("+{NIGHTLY}").as_str(), "--print", "sysroot"]))?;
+    let lib = std::fs::read_dir(Path::new(&sysroot).join("lib"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") || n.starts_with("libLLVM-"))
+        })
+        .with_context(|| format!("no libLLVM in {sysroot}/lib"))?;
+    Ok((major, lib, commit))
+}
+
+/// bpf-linker built against the nightly's own LLVM (no system LLVM needed). A stamp records
+/// which nightly it was built for; a new nightly rebuilds it.
+fn bpf_linker(report: &mut Report) -> anyhow::Result<()> {
+    let (major, libllvm, commit) = nightly_llvm()?;
+    let stamp_path = cache_dir().join("bpf-linker.stamp");
+    let stamp = format!("{commit} llvm-{major}");
+    let works = output(Command::new("bpf-linker").arg("--version"))
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if works && std::fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == stamp) {
+        report.present.push(format!("bpf-linker (LLVM {major})"));
+        return Ok(());
+    }
+    // The prefix path is built into the binary: it must stay where it is.
+    let prefix = cache_dir().join(format!("llvm-{major}"));
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    let name = libllvm.file_name().context("libLLVM has no file name")?;
+    for link in [lib.join("libLLVM.so"), lib.join(name)] {
+        let _ = std::fs::remove_file(&link);
+        symlink(&libllvm, &link).with_context(|| format!("linking {}", link.display()))?;
+    }
+    println!("setup: building bpf-linker against LLVM {major} (about a minute)");
+    run_cmd(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                "^0.13",
+                "--force",
+                "--no-default-features",
+                "--features",
+            ])
+            .arg(format!("llvm-{major}"))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    std::fs::write(&stamp_path, stamp)?;
+    report.installed.push(format!("bpf-linker (LLVM {major})"));
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! `cargo xtask test`: installs what is missing, then runs the three tiers: pure logic (no root),
+//! kernel tests (real programs, real syscalls) and end-to-end tests (root).
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::{
+    setup,
+    util::{is_root, root, run_cmd},
+};
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    setup::run()?;
+    let root = root();
+    // The binaries the privileged tests drive.
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "-p",
+        "sockact-agent",
+        "--bins",
+    ]))?;
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args([
+                "test",
+                "-p",
+                "sockact-common",
+                "-p",
+                "sockact-agent",
+                "-p",
+                "xtask",
+                "--",
+            ])
+            .args(args),
+    )?;
+    if !is_root() {
+        bail!(
+            "the kernel and end-to-end tests need root (they load eBPF programs): run `sudo -E cargo xtask test`"
+        );
+    }
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["test", "-p", "sockact-tests", "--", "--test-threads=1"])
+            .args(args)
+            .env("SOCKACT_TRACE_BIN", root.join("target/debug/sockact-trace")),
+    )?;
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Running commands and finding the workspace.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use anyhow::{Context, bail};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command with inherited output; fails with the command line when it fails.
+pub fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its output, whether or not it succeeded.
+pub fn output(cmd: &mut Command) -> anyhow::Result<Output> {
+    cmd.output().with_context(|| format!("starting {cmd:?}"))
+}
+
+/// stdout of a command that must succeed, trimmed.
+pub fn stdout(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = output(cmd)?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|u| u.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// ~/.cache/sockact: what setup builds once and keeps.
+pub fn cache_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/sockact")
+}
