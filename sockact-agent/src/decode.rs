@@ -36,6 +36,10 @@ pub enum DecodeError {
 
 /// A record as the kernel wrote it.
 #[derive(Clone, Copy)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "decoded one at a time and turned into an event at once, never stored"
+)]
 pub enum Record {
     Exec(ExecRecord),
     Exit(ExitRecord),

@@ -1,7 +1,8 @@
 //! `--kernel-log`: aya-log diagnostics from the probes, forwarded to stderr through `tracing`.
 //! Never part of the event stream.
+use std::time::Duration;
+
 use aya::Ebpf;
-use tokio::io::{Interest, unix::AsyncFd};
 
 struct ToTracing;
 
@@ -11,7 +12,14 @@ impl log::Log for ToTracing {
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        tracing::info!(target: "sockact::kernel", "{}", record.args());
+        let args = record.args();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "sockact::kernel", "{args}"),
+            log::Level::Warn => tracing::warn!(target: "sockact::kernel", "{args}"),
+            log::Level::Info => tracing::info!(target: "sockact::kernel", "{args}"),
+            log::Level::Debug => tracing::debug!(target: "sockact::kernel", "{args}"),
+            log::Level::Trace => tracing::trace!(target: "sockact::kernel", "{args}"),
+        }
     }
 
     fn flush(&self) {}
@@ -19,28 +27,19 @@ impl log::Log for ToTracing {
 
 /// Starts forwarding; a failure is logged and tracing goes on without kernel logs.
 pub fn start(ebpf: &mut Ebpf) {
-    let logger = match aya_log::EbpfLogger::init_with_logger(ebpf, ToTracing) {
+    let mut logger = match aya_log::EbpfLogger::init_with_logger(ebpf, ToTracing) {
         Ok(logger) => logger,
         Err(e) => {
             tracing::warn!("kernel logs unavailable: {e}");
             return;
         }
     };
-    // SAFETY: the logger owns its ring buffer map; the fd stays open while the AsyncFd holds it.
-    let mut fd = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
-        Ok(fd) => fd,
-        Err(e) => {
-            tracing::warn!("kernel logs unavailable: {e}");
-            return;
-        }
-    };
+    // Diagnostics need no low latency: a periodic read keeps this independent of the event path.
     tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
-            let Ok(mut guard) = fd.readable_mut().await else {
-                return;
-            };
-            guard.get_inner_mut().flush();
-            guard.clear_ready();
+            tick.tick().await;
+            logger.flush();
         }
     });
 }

@@ -101,12 +101,11 @@ impl KernelBtf {
             if name == member {
                 return Some((m.bit_offset(), m.bitfield_size(), ty));
             }
-            if name.is_empty() {
-                if let Ok(Type::Struct(inner) | Type::Union(inner)) = self.strip(ty) {
-                    if let Some((off, bits, t)) = self.member_in(&inner, member, depth + 1) {
-                        return Some((m.bit_offset() + off, bits, t));
-                    }
-                }
+            if name.is_empty()
+                && let Ok(Type::Struct(inner) | Type::Union(inner)) = self.strip(ty)
+                && let Some((off, bits, t)) = self.member_in(&inner, member, depth + 1)
+            {
+                return Some((m.bit_offset() + off, bits, t));
             }
         }
         None

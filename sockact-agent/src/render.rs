@@ -50,10 +50,8 @@ pub fn line(e: &Event, color: bool) -> String {
         let _ = write!(out, "{time} {kind:<8} {pid:>7} {comm:<15} ");
     }
     out.push_str(&for_terminal(&details(&e.data)));
-    if let Some(p) = &e.process {
-        if let Some(unit) = &p.unit {
-            let _ = write!(out, " unit={}", for_terminal(unit));
-        }
+    if let Some(unit) = e.process.as_ref().and_then(|p| p.unit.as_ref()) {
+        let _ = write!(out, " unit={}", for_terminal(unit));
     }
     out.trim_end().to_owned()
 }

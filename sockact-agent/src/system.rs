@@ -6,7 +6,7 @@ pub enum SystemError {
     #[error("needs root (or CAP_BPF and CAP_PERFMON): run it with sudo")]
     NotPrivileged,
     #[error(
-        "this kernel has no BTF ({0} is missing): sockact needs a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+        "no BTF at {0}: sockact needs a kernel built with CONFIG_DEBUG_INFO_BTF=y, or SOCKACT_BTF naming this kernel's BTF file"
     )]
     NoBtf(String),
     #[error(

@@ -1,6 +1,6 @@
 //! The tracing session: check the host, load and attach, then read the ring buffer until the
 //! duration is over, a signal arrives or stdout closes; report what attached and what was lost.
-use std::{io, path::Path, time::Duration};
+use std::{io, path::PathBuf, time::Duration};
 
 use sockact_common::FilterConfig;
 use tokio::{
@@ -136,10 +136,13 @@ impl Session {
 /// Runs one tracing session to its end.
 pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     system::check_privileges()?;
-    let btf_path = Path::new(VMLINUX_BTF);
-    system::check_btf(btf_path)?;
+    // SOCKACT_BTF: a kernel's BTF kept elsewhere (e.g. a BTFhub file for a kernel without it).
+    let btf_path = std::env::var_os("SOCKACT_BTF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF));
+    system::check_btf(&btf_path)?;
     let tracefs = system::ensure_tracefs()?;
-    let offsets = KernelBtf::open(btf_path)?.kernel_offsets(&tracefs)?;
+    let offsets = KernelBtf::open(&btf_path)?.kernel_offsets(&tracefs)?;
     system::raise_memlock();
 
     let mut session = Session {

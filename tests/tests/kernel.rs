@@ -354,3 +354,122 @@ fn without_privileges_it_says_so_in_one_line_and_exits_1() {
     assert!(stderr.contains("needs root"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing on stdout");
 }
+
+#[test]
+fn without_btf_it_says_so_in_one_line_and_exits_1() {
+    require_root();
+    let out = Command::new(trace_bin())
+        .args(["--duration", "1"])
+        .env("SOCKACT_BTF", "/nonexistent/vmlinux")
+        .output()
+        .expect("running sockact-trace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no BTF at /nonexistent/vmlinux"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn tracefs_is_mounted_when_missing() {
+    require_root();
+    // A private mount namespace without tracefs: what a fresh machine looks like.
+    let script = format!(
+        "umount /sys/kernel/debug/tracing 2>/dev/null; umount /sys/kernel/tracing 2>/dev/null; \
+         test -d /sys/kernel/tracing/events && {{ echo still mounted; exit 3; }}; \
+         {} --all --format json --duration 1 && test -d /sys/kernel/tracing/events",
+        trace_bin().display()
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}: {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let attached: Value = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["action"] == "attached")
+        .expect("an agent attached line");
+    assert_eq!(attached["failed"], serde_json::json!([]), "{attached}");
+    assert!(
+        out.stderr.is_empty(),
+        "mounting tracefs is not worth a message"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_it_quietly_and_quickly() {
+    require_root();
+    let mut child = Command::new(trace_bin())
+        .args(["--format", "json", "--duration", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting sockact-trace");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    use std::io::Read;
+    stdout.read_exact(&mut first).expect("a first line");
+    drop(stdout);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still running 5 s after stdout closed"
+        );
+        sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn kernel_log_goes_to_stderr_never_to_the_stream() {
+    require_root();
+    let port = free_port();
+    let child = Command::new(trace_bin())
+        .args(["--kernel-log", "--format", "json", "--duration", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting sockact-trace");
+    sleep(Duration::from_millis(1500));
+    let activated = Command::new("systemd-socket-activate")
+        .args(["-l", &format!("127.0.0.1:{port}"), "--", "/bin/true"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate");
+    let pid = activated.id();
+    sleep(Duration::from_millis(200));
+    let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    wait_ok(activated, "/bin/true under systemd-socket-activate");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let needle = format!("watching pid {pid}: exec'd with LISTEN_FDS");
+    assert!(stderr.contains(&needle), "stderr: {stderr}");
+    assert!(
+        !stdout.contains("watching pid"),
+        "kernel log leaked into the stream"
+    );
+    assert!(!stderr.contains('\x1b'), "no colour codes into a pipe");
+    for line in stdout.lines() {
+        serde_json::from_str::<Value>(line).expect("stdout is NDJSON only");
+    }
+}

@@ -46,7 +46,7 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     if !(keep || fd_port_selected(fd)) {
         return None;
     }
-    park(pid_tgid, Pending { ptr: 0, fd, arg: 0 });
+    park(ctx, pid_tgid, Pending { ptr: 0, fd, arg: 0 });
     Some(())
 }
 

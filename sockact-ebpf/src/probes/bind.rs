@@ -34,6 +34,7 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     let fd: i64 = arg(ctx, 0)?;
     let len: i64 = arg(ctx, 2)?;
     park(
+        ctx,
         pid_tgid,
         Pending {
             ptr,

@@ -12,6 +12,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
+use aya_log_ebpf::{debug, warn};
 use sockact_common::{ARGV_MAX, ENVP_MAX, ExecRecord, RecordKind, counter, exec_flags, watch};
 
 use crate::{
@@ -76,6 +77,10 @@ fn try_enter(ctx: &TracePointContext, shift: usize, flags: u32) -> Option<()> {
     read_argv(argv, rec);
     if PENDING_EXEC.insert(&tgid, rec, 0).is_err() {
         count(counter::PENDING_FULL);
+        warn!(
+            ctx,
+            "pending exec map full: exec of pid {} not recorded", tgid
+        );
     }
     Some(())
 }
@@ -171,12 +176,19 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         // SAFETY: `pending` points at a live map value.
         let flags = unsafe { (*pending).flags };
         if flags & exec_flags::HAS_LISTEN_FDS != 0 {
+            // SAFETY: points at a live map value.
             let bits = WATCHED.get_ptr(&tgid).map(|b| unsafe { *b }).unwrap_or(0);
             if WATCHED
                 .insert(&tgid, &(bits | watch::LISTEN_FDS), 0)
                 .is_err()
             {
                 count(counter::WATCH_FULL);
+                warn!(
+                    ctx,
+                    "watch map full: pid {} exec'd with LISTEN_FDS is not watched", tgid
+                );
+            } else if bits == 0 {
+                debug!(ctx, "watching pid {}: exec'd with LISTEN_FDS", tgid);
             }
         }
         if let Some(mut entry) = reserve::<ExecRecord>() {

@@ -34,6 +34,7 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     }
     let backlog: i64 = arg(ctx, 1)?;
     park(
+        ctx,
         pid_tgid,
         Pending {
             ptr: 0,

@@ -8,6 +8,7 @@ pub mod sched;
 pub mod shutdown;
 
 use aya_ebpf::{maps::ring_buf::RingBufEntry, programs::TracePointContext};
+use aya_log_ebpf::warn;
 use sockact_common::counter;
 
 use crate::maps::{EVENTS, PENDING, Pending, count};
@@ -44,9 +45,14 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
 
 /// Parks a syscall's arguments until its exit.
 #[inline(always)]
-pub fn park(pid_tgid: u64, pending: Pending) {
+pub fn park(ctx: &TracePointContext, pid_tgid: u64, pending: Pending) {
     if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
         count(counter::PENDING_FULL);
+        warn!(
+            ctx,
+            "pending syscall map full: a syscall of pid {} is not recorded",
+            (pid_tgid >> 32) as u32
+        );
     }
 }
 

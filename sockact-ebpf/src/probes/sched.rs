@@ -3,6 +3,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
+use aya_log_ebpf::warn;
 use sockact_common::{ExitRecord, RecordKind, counter, watch};
 
 use crate::{
@@ -40,6 +41,10 @@ fn try_fork(ctx: &TracePointContext) -> Option<()> {
         .is_err()
     {
         count(counter::WATCH_FULL);
+        warn!(
+            ctx,
+            "watch map full: child {} of watched pid {} is not watched", child, tgid
+        );
     }
     Some(())
 }

@@ -40,6 +40,7 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     }
     let how: i64 = arg(ctx, 1)?;
     park(
+        ctx,
         pid_tgid,
         Pending {
             ptr: 0,
