@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod testbed;
+
 /// The sockact-trace binary under test.
 pub fn trace_bin() -> PathBuf {
     let path = std::env::var_os("SOCKACT_TRACE_BIN")

@@ -1,6 +1,7 @@
 //! Project chores: `cargo xtask setup | test | demo`. Orchestration only; the build itself is
 //! plain cargo (sockact-agent's build.rs builds the eBPF programs).
 mod demo;
+mod rootfs;
 mod setup;
 mod test;
 mod util;
@@ -26,6 +27,8 @@ enum Command {
     },
     /// Trace a sample socket-activated service live.
     Demo,
+    /// Build (once) the Debian root with systemd that the end-to-end tests boot.
+    Rootfs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +36,6 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
+        Command::Rootfs => rootfs::ensure().map(|_| ()),
     }
 }

@@ -7,8 +7,16 @@ use anyhow::{Context, bail};
 use crate::util::{cache_dir, is_root, output, run_cmd, stdout};
 
 /// Debian packages the build and the tests use: python3 for test servers and clients,
-/// systemd for systemd-socket-activate, iproute2 for ss, util-linux for setpriv.
-const PACKAGES: &[&str] = &["python3", "systemd", "iproute2", "util-linux"];
+/// systemd for systemd-socket-activate, iproute2 for ss, util-linux for setpriv and unshare,
+/// debootstrap and systemd-container (systemd-nspawn) for the real-systemd test bed.
+const PACKAGES: &[&str] = &[
+    "python3",
+    "systemd",
+    "iproute2",
+    "util-linux",
+    "debootstrap",
+    "systemd-container",
+];
 
 const NIGHTLY: &str = "nightly";
 

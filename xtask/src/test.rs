@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::bail;
 
 use crate::{
-    setup,
+    rootfs, setup,
     util::{is_root, root, run_cmd},
 };
 
