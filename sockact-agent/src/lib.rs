@@ -16,5 +16,6 @@ pub mod output;
 pub mod render;
 pub mod select;
 pub mod system;
+pub mod systemd;
 pub mod text;
 pub mod trace;

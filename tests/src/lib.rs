@@ -52,6 +52,7 @@ pub struct Trace {
     child: Child,
     lines: Receiver<String>,
     seen: Vec<Value>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Trace {
@@ -62,9 +63,22 @@ impl Trace {
             .args(["--format", "json", "--duration", "60"])
             .args(args)
             .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("starting sockact-trace");
         let stdout = child.stdout.take().expect("piped stdout");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr_pipe).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("sockact-trace: {line}");
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
         let (tx, rx) = channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
@@ -78,6 +92,7 @@ impl Trace {
             child,
             lines: rx,
             seen: Vec::new(),
+            stderr,
         };
         trace.wait_for(Duration::from_secs(30), |v| {
             v["kind"] == "agent" && v["action"] == "attached"
@@ -133,6 +148,11 @@ impl Trace {
         std::mem::take(&mut self.seen)
     }
 
+    /// What it wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
     fn dump(&self) -> String {
         self.seen
             .iter()
@@ -163,6 +183,7 @@ pub fn python(code: &str, args: &[&str]) -> Child {
         .arg("-c")
         .arg(code)
         .args(args)
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("starting python3 (cargo xtask setup installs it)")
@@ -178,4 +199,24 @@ pub fn wait_ok(mut child: Child, what: &str) -> String {
     }
     assert!(status.success(), "{what} failed: {status}; output: {out}");
     out
+}
+
+/// Tells a child started with [`python`] to go on: one line on its stdin.
+pub fn go(child: &Child) {
+    use std::io::Write;
+    let mut w: &std::process::ChildStdin = child.stdin.as_ref().expect("piped stdin");
+    w.write_all(b"go\n").expect("writing to the child's stdin");
+}
+
+/// Connects to a local port, retrying while nothing listens yet (a socket-activation helper
+/// that is still starting); fails the test after 10 s.
+pub fn connect(port: u16) -> std::net::TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("connecting to 127.0.0.1:{port}: {e}"),
+            Err(_) => thread::sleep(Duration::from_millis(20)),
+        }
+    }
 }

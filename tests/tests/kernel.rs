@@ -1,13 +1,12 @@
 //! Kernel tests: the real programs, loaded by the real sockact-trace, seeing real syscalls.
 use std::{
-    net::TcpStream,
     process::{Command, Stdio},
     thread::sleep,
     time::Duration,
 };
 
 use serde_json::Value;
-use sockact_tests::{Trace, free_port, of, python, require_root, trace_bin, wait_ok};
+use sockact_tests::{Trace, connect, free_port, go, of, python, require_root, trace_bin, wait_ok};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -139,9 +138,8 @@ fn socket_activated_service_binding_its_own_port_is_seen_with_its_listen_fds() {
     let pid = activated.id();
     let unrelated = python(UNRELATED, &[&other.to_string()]);
     let unrelated_pid = unrelated.id();
-    sleep(Duration::from_millis(200));
     // systemd-socket-activate execs the service on the first connection.
-    let _client = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the socket");
+    let _client = connect(port);
     let out = wait_ok(activated, "the activated service");
     assert_eq!(
         out.trim(),
@@ -188,8 +186,7 @@ fn a_process_that_exits_right_after_exec_keeps_its_listen_fds() {
         .spawn()
         .expect("systemd-socket-activate (package systemd)");
     let pid = activated.id();
-    sleep(Duration::from_millis(200));
-    let _client = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the socket");
+    let _client = connect(port);
     wait_ok(activated, "/bin/true under systemd-socket-activate");
     let exit = trace.wait_for(WAIT, |v| v["kind"] == "exit" && v["pid"] == pid);
     assert_eq!(exit["exit_code"], 0);
@@ -300,10 +297,10 @@ fn addresses_of_every_family_reuseport_and_listener_shutdown() {
     assert_eq!(shutdown[0]["listener"], format!("127.0.0.1:{port}"));
 }
 
-/// Waits a moment (so the tracer can start with its pid), then binds.
+/// Waits for a line on stdin (so the tracer can start with its pid), then binds.
 const LATE_BIND: &str = r#"
-import socket, sys, time
-time.sleep(float(sys.argv[2]))
+import socket, sys
+sys.stdin.readline()
 s = socket.socket()
 s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen()
@@ -312,13 +309,16 @@ s.listen()
 #[test]
 fn pid_and_port_selectors_narrow_to_what_was_asked() {
     let (p1, p2, p3) = (free_port(), free_port(), free_port());
-    let selected = python(LATE_BIND, &[&p1.to_string(), "1.5"]);
-    let other = python(LATE_BIND, &[&p2.to_string(), "1.5"]);
-    let by_port = python(LATE_BIND, &[&p3.to_string(), "1.5"]);
+    let selected = python(LATE_BIND, &[&p1.to_string()]);
+    let other = python(LATE_BIND, &[&p2.to_string()]);
+    let by_port = python(LATE_BIND, &[&p3.to_string()]);
     let (sel_pid, other_pid, port_pid) = (selected.id(), other.id(), by_port.id());
     let sel_arg = sel_pid.to_string();
     let port_arg = p3.to_string();
     let mut trace = Trace::start(&["--pid", &sel_arg, "--port", &port_arg]);
+    for child in [&selected, &other, &by_port] {
+        go(child);
+    }
     wait_ok(selected, "selected");
     wait_ok(other, "other");
     wait_ok(by_port, "by port");
@@ -440,36 +440,26 @@ fn a_closed_stdout_ends_it_quietly_and_quickly() {
 
 #[test]
 fn kernel_log_goes_to_stderr_never_to_the_stream() {
-    require_root();
     let port = free_port();
-    let child = Command::new(trace_bin())
-        .args(["--kernel-log", "--format", "json", "--duration", "4"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting sockact-trace");
-    sleep(Duration::from_millis(1500));
+    let trace = Trace::start(&["--kernel-log"]);
     let activated = Command::new("systemd-socket-activate")
         .args(["-l", &format!("127.0.0.1:{port}"), "--", "/bin/true"])
         .stderr(Stdio::null())
         .spawn()
         .expect("systemd-socket-activate");
     let pid = activated.id();
-    sleep(Duration::from_millis(200));
-    let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let _client = connect(port);
     wait_ok(activated, "/bin/true under systemd-socket-activate");
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    sleep(Duration::from_millis(300));
+    let stderr = trace.stderr();
+    let lines = trace.stop();
     let needle = format!("watching pid {pid}: exec'd with LISTEN_FDS");
     assert!(stderr.contains(&needle), "stderr: {stderr}");
     assert!(
-        !stdout.contains("watching pid"),
+        lines
+            .iter()
+            .all(|v| !v.to_string().contains("watching pid")),
         "kernel log leaked into the stream"
     );
     assert!(!stderr.contains('\x1b'), "no colour codes into a pipe");
-    for line in stdout.lines() {
-        serde_json::from_str::<Value>(line).expect("stdout is NDJSON only");
-    }
 }

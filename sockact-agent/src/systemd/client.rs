@@ -1,0 +1,349 @@
+//! The D-Bus client to org.freedesktop.systemd1: reads socket and service units, and follows
+//! their changes through signals (never by polling, never by running systemctl).
+use std::collections::HashMap;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use zbus::{
+    Connection, MatchRule, MessageStream, Proxy,
+    fdo::PropertiesProxy,
+    message::Type as MessageType,
+    names::InterfaceName,
+    zvariant::{OwnedObjectPath, OwnedValue},
+};
+
+use super::{Catalog, ServiceUnit, SocketUnit, p2p};
+
+const DEST: &str = "org.freedesktop.systemd1";
+const PATH: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+const UNIT: &str = "org.freedesktop.systemd1.Unit";
+const SOCKET: &str = "org.freedesktop.systemd1.Socket";
+const SERVICE: &str = "org.freedesktop.systemd1.Service";
+const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("cannot reach systemd at {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: zbus::Error,
+    },
+    #[error("asking systemd for {what}: {source}")]
+    Call {
+        what: String,
+        #[source]
+        source: zbus::Error,
+    },
+}
+
+/// A unit's state changed (from PropertiesChanged).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitChange {
+    pub unit: String,
+    pub active_state: Option<String>,
+    pub sub_state: Option<String>,
+    pub invocation_id: Option<String>,
+    pub main_pid: Option<u32>,
+    pub n_restarts: Option<u32>,
+}
+
+pub struct Systemd {
+    conn: Connection,
+    manager: Proxy<'static>,
+    address: String,
+}
+
+type Props = HashMap<String, OwnedValue>;
+
+fn take<T: TryFrom<OwnedValue>>(props: &mut Props, key: &str) -> Option<T> {
+    props.remove(key).and_then(|v| T::try_from(v).ok())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `/org/freedesktop/systemd1/unit/echo_2eservice` -> `echo.service` (systemd's bus label
+/// escaping: `_` and two hex digits for every byte that is not alphanumeric).
+pub fn unit_name_of_path(path: &str) -> Option<String> {
+    let label = path.strip_prefix(UNIT_PATH_PREFIX)?;
+    let bytes = label.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'_' && i + 2 < bytes.len() {
+            let hexpair = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hexpair, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+impl Systemd {
+    /// The system bus, or another systemd's bus (`unix:path=...`); systemd's private socket is
+    /// spoken to peer-to-peer.
+    pub async fn connect(address: Option<&str>) -> Result<Self, SystemdError> {
+        let shown = address.unwrap_or("the system bus").to_owned();
+        let err = |source| SystemdError::Connect {
+            address: shown.clone(),
+            source,
+        };
+        let conn = match address {
+            None => Connection::system().await.map_err(err)?,
+            Some(a) if p2p::is_private_socket(a) => {
+                let path = p2p::unix_path(a).ok_or_else(|| {
+                    err(zbus::Error::Address(format!(
+                        "{a} is not a unix:path= address"
+                    )))
+                })?;
+                p2p::connect(path).await.map_err(err)?
+            }
+            Some(a) => zbus::connection::Builder::address(a)
+                .map_err(err)?
+                .build()
+                .await
+                .map_err(err)?,
+        };
+        let manager = Proxy::new(&conn, DEST, PATH, MANAGER).await.map_err(err)?;
+        let client = Systemd {
+            conn,
+            manager,
+            address: shown,
+        };
+        // Without a subscriber systemd sends no signals on a bus.
+        client
+            .manager
+            .call::<_, _, ()>("Subscribe", &())
+            .await
+            .map_err(|source| SystemdError::Call {
+                what: "signals (Subscribe)".into(),
+                source,
+            })?;
+        Ok(client)
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    async fn props(
+        &self,
+        path: &OwnedObjectPath,
+        iface: &'static str,
+    ) -> Result<Props, SystemdError> {
+        let call = |source| SystemdError::Call {
+            what: format!("{iface} properties of {}", path.as_str()),
+            source,
+        };
+        let proxy = PropertiesProxy::builder(&self.conn)
+            .destination(DEST)
+            .map_err(call)?
+            .path(path.clone())
+            .map_err(call)?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(call)?;
+        proxy
+            .get_all(InterfaceName::from_static_str_unchecked(iface))
+            .await
+            .map_err(|e| call(e.into()))
+    }
+
+    /// The object path of a unit, loading it when needed; None when systemd knows no such unit.
+    pub async fn load(&self, name: &str) -> Result<Option<OwnedObjectPath>, SystemdError> {
+        let path: OwnedObjectPath =
+            self.manager
+                .call("LoadUnit", &(name,))
+                .await
+                .map_err(|source| SystemdError::Call {
+                    what: format!("unit {name}"),
+                    source,
+                })?;
+        let mut unit = self.props(&path, UNIT).await?;
+        let load_state: String = take(&mut unit, "LoadState").unwrap_or_default();
+        Ok((load_state != "not-found").then_some(path))
+    }
+
+    pub async fn socket(
+        &self,
+        name: &str,
+        path: &OwnedObjectPath,
+    ) -> Result<SocketUnit, SystemdError> {
+        let mut unit = self.props(path, UNIT).await?;
+        let mut s = self.props(path, SOCKET).await?;
+        Ok(SocketUnit {
+            name: name.to_owned(),
+            listen: take(&mut s, "Listen").unwrap_or_default(),
+            accept: take(&mut s, "Accept").unwrap_or_default(),
+            backlog: take(&mut s, "Backlog").unwrap_or_default(),
+            fd_name: take(&mut s, "FileDescriptorName").unwrap_or_default(),
+            triggers: take(&mut unit, "Triggers").unwrap_or_default(),
+            n_accepted: take(&mut s, "NAccepted").unwrap_or_default(),
+            n_connections: take(&mut s, "NConnections").unwrap_or_default(),
+            n_refused: take(&mut s, "NRefused").unwrap_or_default(),
+            active_state: take(&mut unit, "ActiveState").unwrap_or_default(),
+            sub_state: take(&mut unit, "SubState").unwrap_or_default(),
+        })
+    }
+
+    pub async fn service(
+        &self,
+        name: &str,
+        path: &OwnedObjectPath,
+    ) -> Result<ServiceUnit, SystemdError> {
+        let mut unit = self.props(path, UNIT).await?;
+        let mut s = self.props(path, SERVICE).await?;
+        let invocation: Vec<u8> = take(&mut unit, "InvocationID").unwrap_or_default();
+        Ok(ServiceUnit {
+            name: name.to_owned(),
+            main_pid: take(&mut s, "MainPID").unwrap_or_default(),
+            control_group: take(&mut s, "ControlGroup").unwrap_or_default(),
+            n_restarts: take(&mut s, "NRestarts").unwrap_or_default(),
+            active_state: take(&mut unit, "ActiveState").unwrap_or_default(),
+            sub_state: take(&mut unit, "SubState").unwrap_or_default(),
+            invocation_id: hex(&invocation),
+            triggered_by: take(&mut unit, "TriggeredBy").unwrap_or_default(),
+        })
+    }
+
+    /// Every loaded socket unit and every service one of them triggers.
+    pub async fn catalog(&self) -> Result<Catalog, SystemdError> {
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        );
+        let rows: Vec<Row> = self
+            .manager
+            .call("ListUnits", &())
+            .await
+            .map_err(|source| SystemdError::Call {
+                what: "the unit list (ListUnits)".into(),
+                source,
+            })?;
+        let mut catalog = Catalog::default();
+        for row in rows.iter().filter(|r| r.0.ends_with(".socket")) {
+            let socket = self.socket(&row.0, &row.6).await?;
+            catalog.sockets.insert(row.0.clone(), socket);
+        }
+        let services: Vec<String> = catalog
+            .sockets
+            .values()
+            .flat_map(|s| {
+                s.triggers
+                    .iter()
+                    .filter(|t| t.ends_with(".service"))
+                    .cloned()
+            })
+            .collect();
+        for name in services {
+            if catalog.services.contains_key(&name) {
+                continue;
+            }
+            if let Some(path) = self.load(&name).await? {
+                let service = self.service(&name, &path).await?;
+                catalog.services.insert(name, service);
+            }
+        }
+        Ok(catalog)
+    }
+
+    /// Forwards unit changes until the connection ends.
+    pub async fn watch(self, tx: mpsc::Sender<UnitChange>) -> Result<(), SystemdError> {
+        let call = |source| SystemdError::Call {
+            what: "unit changes (PropertiesChanged)".into(),
+            source,
+        };
+        let rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .interface("org.freedesktop.DBus.Properties")
+            .map_err(call)?
+            .member("PropertiesChanged")
+            .map_err(call)?
+            .path_namespace(UNIT_PATH_PREFIX.trim_end_matches('/'))
+            .map_err(call)?
+            .build();
+        let mut stream = MessageStream::for_match_rule(rule, &self.conn, Some(256))
+            .await
+            .map_err(call)?;
+        while let Some(msg) = stream.next().await {
+            let Ok(msg) = msg else { continue };
+            let Some(signal) = zbus::fdo::PropertiesChanged::from_message(msg.clone()) else {
+                continue;
+            };
+            let Ok(args) = signal.args() else { continue };
+            let Some(unit) = msg
+                .header()
+                .path()
+                .and_then(|p| unit_name_of_path(p.as_str()))
+            else {
+                continue;
+            };
+            let iface = args.interface_name().as_str();
+            if iface != UNIT && iface != SERVICE {
+                continue;
+            }
+            let mut props: Props = args
+                .changed_properties()
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_string(), v.try_to_owned().ok()?)))
+                .collect();
+            let change = UnitChange {
+                unit,
+                active_state: take(&mut props, "ActiveState"),
+                sub_state: take(&mut props, "SubState"),
+                invocation_id: take::<Vec<u8>>(&mut props, "InvocationID").map(|b| hex(&b)),
+                main_pid: take(&mut props, "MainPID"),
+                n_restarts: take(&mut props, "NRestarts"),
+            };
+            if change
+                == (UnitChange {
+                    unit: change.unit.clone(),
+                    ..Default::default()
+                })
+            {
+                continue;
+            }
+            if tx.send(change).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_paths_unescape() {
+        assert_eq!(
+            unit_name_of_path("/org/freedesktop/systemd1/unit/echo_2eservice").as_deref(),
+            Some("echo.service")
+        );
+        assert_eq!(
+            unit_name_of_path("/org/freedesktop/systemd1/unit/echo_2dadmin_2esocket").as_deref(),
+            Some("echo-admin.socket")
+        );
+        assert_eq!(
+            unit_name_of_path("/org/freedesktop/systemd1/unit/_31x_2eservice").as_deref(),
+            Some("1x.service")
+        );
+        assert_eq!(unit_name_of_path("/org/freedesktop/systemd1"), None);
+    }
+}

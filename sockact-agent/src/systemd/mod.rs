@@ -1,0 +1,124 @@
+//! What sockact knows of systemd: socket units and the services they trigger (plain data),
+//! the D-Bus client that fills it in and follows changes, and `--unit` resolution.
+pub mod client;
+pub mod p2p;
+pub mod resolve;
+
+use std::collections::BTreeMap;
+
+/// A socket unit, as org.freedesktop.systemd1.Socket describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SocketUnit {
+    pub name: String,
+    /// `(type, address)` pairs, e.g. `("Stream", "127.0.0.1:8080")`.
+    pub listen: Vec<(String, String)>,
+    pub accept: bool,
+    pub backlog: u32,
+    pub fd_name: String,
+    /// The units it triggers (its service, or none for Accept=yes templates).
+    pub triggers: Vec<String>,
+    pub n_accepted: u32,
+    pub n_connections: u32,
+    pub n_refused: u32,
+    pub active_state: String,
+    pub sub_state: String,
+}
+
+/// A service unit, as org.freedesktop.systemd1.Service describes it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceUnit {
+    pub name: String,
+    pub main_pid: u32,
+    pub control_group: String,
+    pub n_restarts: u32,
+    pub active_state: String,
+    pub sub_state: String,
+    /// Hex, or empty before the first start.
+    pub invocation_id: String,
+    /// The socket units that trigger it.
+    pub triggered_by: Vec<String>,
+}
+
+/// Every socket unit and every service a socket unit triggers.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    pub sockets: BTreeMap<String, SocketUnit>,
+    pub services: BTreeMap<String, ServiceUnit>,
+}
+
+impl Catalog {
+    /// The socket units that trigger `service` (directly, or as instances of an Accept=yes
+    /// template: `echo@3-...service` belongs to `echo.socket`).
+    pub fn sockets_of(&self, service: &str) -> Vec<&SocketUnit> {
+        if let Some(template_socket) = template_socket_of(service)
+            && let Some(s) = self.sockets.get(&template_socket)
+        {
+            return vec![s];
+        }
+        self.sockets
+            .values()
+            .filter(|s| s.triggers.iter().any(|t| t == service))
+            .collect()
+    }
+
+    /// The socket unit that listens on `addr` (as sockact prints addresses).
+    pub fn socket_listening_on(&self, addr: &str) -> Option<&SocketUnit> {
+        self.sockets
+            .values()
+            .find(|s| s.listen.iter().any(|(_, a)| same_address(a, addr)))
+    }
+}
+
+/// `echo@1-127.0.0.1:80-127.0.0.1:5555.service` -> `echo.socket`.
+pub fn template_socket_of(service: &str) -> Option<String> {
+    let stem = service.strip_suffix(".service")?;
+    let (prefix, _) = stem.split_once('@')?;
+    Some(format!("{prefix}.socket"))
+}
+
+/// Whether systemd's Listen address and sockact's address name the same socket. systemd writes
+/// `[::]:80` for a dual-stack port, `127.0.0.1:80`, `/run/x.sock`, `@name`.
+pub fn same_address(systemd: &str, ours: &str) -> bool {
+    systemd == ours
+}
+
+/// The unit a cgroup path belongs to: its last component that names a service, socket or
+/// scope (`/system.slice/echo.service` -> `echo.service`).
+pub fn unit_of_cgroup(path: &str) -> Option<&str> {
+    path.rsplit('/')
+        .find(|c| c.ends_with(".service") || c.ends_with(".socket") || c.ends_with(".scope"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_paths_name_their_unit() {
+        assert_eq!(
+            unit_of_cgroup("/system.slice/echo.service"),
+            Some("echo.service")
+        );
+        assert_eq!(
+            unit_of_cgroup("/machine.slice/x.scope/system.slice/echo.service"),
+            Some("echo.service")
+        );
+        assert_eq!(
+            unit_of_cgroup(
+                "/system.slice/system-echo.slice/echo@2-127.0.0.1:9-127.0.0.1:5.service"
+            ),
+            Some("echo@2-127.0.0.1:9-127.0.0.1:5.service")
+        );
+        assert_eq!(unit_of_cgroup("/user.slice"), None);
+        assert_eq!(unit_of_cgroup("/"), None);
+    }
+
+    #[test]
+    fn accept_yes_instances_belong_to_their_socket() {
+        assert_eq!(
+            template_socket_of("echo@1-127.0.0.1:80-127.0.0.1:5555.service").as_deref(),
+            Some("echo.socket")
+        );
+        assert_eq!(template_socket_of("echo.service"), None);
+    }
+}
