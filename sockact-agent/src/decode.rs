@@ -262,11 +262,14 @@ fn accept(r: &AcceptRecord) -> Accept {
     } else {
         None
     };
+    // An accept already blocked when tracing started has no listening fd: the accepted
+    // socket's local side names its listener.
+    let listener = local_addr(&r.listener, &r.unix).or_else(|| local_addr(&r.conn, &r.unix));
     Accept {
         listen_fd: r.listen_fd,
         fd: ok.then_some(r.ret),
         addr: peer.map(|a| a.text),
-        listener: local_addr(&r.listener, &r.unix).map(|a| a.text),
+        listener: listener.map(|a| a.text),
         wait_us: None,
         outcome: outcome(r.ret),
         socket: socket_id(&r.listener),
@@ -314,7 +317,7 @@ mod tests {
             ppid: 1,
             uid: 0,
             ns_pid: 100,
-            _pad: 0,
+            watch: 0,
             comm,
         }
     }

@@ -7,56 +7,57 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use sockact_common::{FilterConfig, KernelOffsets, counter, names, watch};
+use sockact_common::{FilterConfig, KernelOffsets, counter, names};
 
 use crate::events::AttachFailure;
 
 /// The object built by build.rs from sockact-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockact"));
 
-/// Every program, with its tracepoint: `(program, category, tracepoint)`.
+/// Every program, with its tracepoint: `(program, category, tracepoint)`. Exits come first:
+/// a syscall's exit must be in place before its entry parks anything for it.
 pub const PROGRAMS: &[(&str, &str, &str)] = &[
-    ("syscalls_sys_enter_execve", "syscalls", "sys_enter_execve"),
     ("syscalls_sys_exit_execve", "syscalls", "sys_exit_execve"),
-    (
-        "syscalls_sys_enter_execveat",
-        "syscalls",
-        "sys_enter_execveat",
-    ),
     (
         "syscalls_sys_exit_execveat",
         "syscalls",
         "sys_exit_execveat",
     ),
+    ("syscalls_sys_exit_bind", "syscalls", "sys_exit_bind"),
+    ("syscalls_sys_exit_listen", "syscalls", "sys_exit_listen"),
+    ("syscalls_sys_exit_accept", "syscalls", "sys_exit_accept"),
+    ("syscalls_sys_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("syscalls_sys_exit_connect", "syscalls", "sys_exit_connect"),
+    (
+        "syscalls_sys_exit_shutdown",
+        "syscalls",
+        "sys_exit_shutdown",
+    ),
     ("sched_sched_process_fork", "sched", "sched_process_fork"),
     ("sched_sched_process_exit", "sched", "sched_process_exit"),
+    ("syscalls_sys_enter_execve", "syscalls", "sys_enter_execve"),
+    (
+        "syscalls_sys_enter_execveat",
+        "syscalls",
+        "sys_enter_execveat",
+    ),
     ("syscalls_sys_enter_bind", "syscalls", "sys_enter_bind"),
-    ("syscalls_sys_exit_bind", "syscalls", "sys_exit_bind"),
     ("syscalls_sys_enter_listen", "syscalls", "sys_enter_listen"),
-    ("syscalls_sys_exit_listen", "syscalls", "sys_exit_listen"),
     ("syscalls_sys_enter_accept", "syscalls", "sys_enter_accept"),
-    ("syscalls_sys_exit_accept", "syscalls", "sys_exit_accept"),
     (
         "syscalls_sys_enter_accept4",
         "syscalls",
         "sys_enter_accept4",
     ),
-    ("syscalls_sys_exit_accept4", "syscalls", "sys_exit_accept4"),
     (
         "syscalls_sys_enter_connect",
         "syscalls",
         "sys_enter_connect",
     ),
-    ("syscalls_sys_exit_connect", "syscalls", "sys_exit_connect"),
     (
         "syscalls_sys_enter_shutdown",
         "syscalls",
         "sys_enter_shutdown",
-    ),
-    (
-        "syscalls_sys_exit_shutdown",
-        "syscalls",
-        "sys_exit_shutdown",
     ),
 ];
 
@@ -84,15 +85,14 @@ pub struct LoadOptions {
     pub filter: FilterConfig,
     pub offsets: KernelOffsets,
     pub kernel_log: bool,
-    /// Processes to watch from the start (`--pid`).
-    pub pids: Vec<u32>,
     /// Ports to keep whoever uses them (`--port`).
     pub ports: Vec<u16>,
 }
 
 /// The loaded programs and the maps userspace reads.
 pub struct Loaded {
-    pub ebpf: Ebpf,
+    /// None once detached.
+    ebpf: Option<Ebpf>,
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     pub attached: Vec<String>,
@@ -125,22 +125,6 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, EbpfError> {
         crate::kernel_log::start(&mut ebpf);
     }
 
-    let mut watched: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
-        ebpf.map_mut(names::WATCHED)
-            .ok_or(EbpfError::NoMap(names::WATCHED))?,
-    )
-    .map_err(|source| EbpfError::Map {
-        name: names::WATCHED,
-        source,
-    })?;
-    for pid in &opts.pids {
-        watched
-            .insert(pid, watch::SELECTED, 0)
-            .map_err(|source| EbpfError::Map {
-                name: names::WATCHED,
-                source,
-            })?;
-    }
     let mut ports: BpfHashMap<_, u16, u8> = BpfHashMap::try_from(
         ebpf.map_mut(names::PORTS)
             .ok_or(EbpfError::NoMap(names::PORTS))?,
@@ -178,7 +162,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, EbpfError> {
         return Err(EbpfError::NothingAttached);
     }
     Ok(Loaded {
-        ebpf,
+        ebpf: Some(ebpf),
         ring,
         counters,
         attached,
@@ -217,7 +201,11 @@ fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, tracepoint: &str) -> 
         .program_mut(name)
         .ok_or_else(|| "not in the eBPF object".to_owned())?;
     let tp: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-    tp.load().map_err(|e| error_chain(&e))?;
+    tp.load().map_err(|e| {
+        // The verifier's whole log, for whoever runs with -vv.
+        tracing::debug!("{name}: {e:#?}");
+        error_chain(&e)
+    })?;
     tp.attach(category, tracepoint)
         .map_err(|e| error_chain(&e))?;
     Ok(())
@@ -240,6 +228,38 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 impl Loaded {
+    /// Detaches and unloads every program; the ring buffer and the counters stay readable, so
+    /// that what was submitted can be drained to the last record.
+    pub fn detach(&mut self) {
+        self.ebpf.take();
+    }
+
+    /// Marks more processes as watched (`--pid` and their existing descendants, the
+    /// start-up snapshot).
+    pub fn watch(&mut self, pids: &[u32], bits: u32) -> Result<(), EbpfError> {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Ok(());
+        };
+        let mut watched: BpfHashMap<_, u32, u32> = BpfHashMap::try_from(
+            ebpf.map_mut(names::WATCHED)
+                .ok_or(EbpfError::NoMap(names::WATCHED))?,
+        )
+        .map_err(|source| EbpfError::Map {
+            name: names::WATCHED,
+            source,
+        })?;
+        for pid in pids {
+            let old = watched.get(pid, 0).unwrap_or(0);
+            watched
+                .insert(pid, old | bits, 0)
+                .map_err(|source| EbpfError::Map {
+                    name: names::WATCHED,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
     /// The kernel's counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
         let sum = |i: u32| -> u64 {

@@ -13,6 +13,7 @@ pub mod kernel_log;
 pub mod logging;
 pub mod offsets;
 pub mod output;
+pub mod procfs;
 pub mod render;
 pub mod select;
 pub mod system;

@@ -23,18 +23,20 @@ impl Selector {
         self.pids.is_empty() && self.ports.is_empty()
     }
 
-    /// Whether to show an event. Children of a selected process are selected from their first
-    /// event on.
-    pub fn wants(&mut self, e: &Event) -> bool {
+    /// Whether to show an event; `watch` is the process's watch bits from the kernel, where
+    /// a `--pid` selection follows every descendant.
+    pub fn wants(&self, e: &Event, watch: u32) -> bool {
         if self.is_empty() {
             return true;
         }
-        if let Some(p) = &e.process {
-            if self.pids.contains(&p.pid) {
+        if !self.pids.is_empty() {
+            if watch & sockact_common::watch::SELECTED != 0 {
                 return true;
             }
-            if p.ppid.is_some_and(|pp| self.pids.contains(&pp)) && !self.pids.is_empty() {
-                self.pids.insert(p.pid);
+            if e.process
+                .as_ref()
+                .is_some_and(|p| self.pids.contains(&p.pid))
+            {
                 return true;
             }
         }

@@ -2,10 +2,10 @@
 //! duration is over, a signal arrives or stdout closes; report what attached and what was lost.
 use std::{io, path::PathBuf, time::Duration};
 
-use sockact_common::FilterConfig;
+use sockact_common::{FilterConfig, watch};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    signal::unix::SignalKind,
+    signal::unix::{Signal, SignalKind},
     time::Instant,
 };
 
@@ -17,31 +17,41 @@ use crate::{
     events::{Agent, Data, Event, Lost, SCHEMA_VERSION},
     offsets::{KernelBtf, OffsetError, VMLINUX_BTF},
     output::{Output, stdout_closed},
+    procfs,
     select::Selector,
     system::{self, SystemError},
 };
 
 /// How often counters are checked, a quiet stream flushed and a closed stdout noticed.
 const TICK: Duration = Duration::from_millis(100);
-/// How often the kernel's lost counter is turned into `lost` events.
+/// How often the kernel's loss counters are turned into `lost` events.
 const LOST_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     System(#[from] SystemError),
     #[error("resolving kernel offsets: {0}")]
     Offsets(#[from] OffsetError),
     #[error(transparent)]
     Ebpf(#[from] ebpf::EbpfError),
+    #[error("reading the ring buffer: {0}")]
+    Ring(io::Error),
+    #[error("writing events: {0}")]
+    Write(io::Error),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
 
 impl TraceError {
-    /// DESIGN.md's exit codes: every failure here is a runtime failure.
+    /// DESIGN.md's exit codes: 2 for usage errors, 1 for runtime failures.
     pub fn exit_code(&self) -> i32 {
-        1
+        match self {
+            TraceError::Usage(_) => 2,
+            _ => 1,
+        }
     }
 }
 
@@ -53,14 +63,62 @@ pub enum Stop {
     StdoutClosed,
 }
 
+/// How the read loop ends: a normal stop, or a failure.
+enum Halt {
+    Stop(Stop),
+    Fail(TraceError),
+}
+
+impl From<io::Error> for Halt {
+    /// A write error: EPIPE means the reader went away (a normal stop), anything else fails.
+    fn from(e: io::Error) -> Self {
+        if e.kind() == io::ErrorKind::BrokenPipe {
+            Halt::Stop(Stop::StdoutClosed)
+        } else {
+            Halt::Fail(TraceError::Write(e))
+        }
+    }
+}
+
+/// SIGINT and SIGTERM, installed before anything slow so that an early Ctrl-C still stops
+/// cleanly.
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn install() -> io::Result<Self> {
+        Ok(Signals {
+            term: tokio::signal::unix::signal(SignalKind::terminate())?,
+            int: tokio::signal::unix::signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Counts of what could not be shown, already reported as `lost` events.
+#[derive(Default)]
+struct Reported {
+    ring: u64,
+    maps: u64,
+    undecodable: u64,
+}
+
 struct Session {
     out: Output<io::Stdout>,
     clock: Clock,
     host: String,
     selector: Selector,
     received: u64,
-    decode_errors: u64,
-    lost_reported: u64,
+    undecodable: u64,
+    reported: Reported,
     lost_since: String,
 }
 
@@ -87,24 +145,24 @@ impl Session {
         }
     }
 
-    fn emit(&mut self, e: Event) -> Result<(), Stop> {
-        self.out.emit(e).map_err(|_| Stop::StdoutClosed)
+    fn emit(&mut self, e: Event) -> Result<(), Halt> {
+        Ok(self.out.emit(e)?)
     }
 
-    fn drain(&mut self, loaded: &mut Loaded) -> Result<(), Stop> {
+    fn drain(&mut self, loaded: &mut Loaded) -> Result<(), Halt> {
         while let Some(item) = loaded.ring.next() {
             self.received += 1;
             match decode::parse(&item) {
                 Ok(record) => {
-                    let event = record.to_event(&self.clock, &self.host);
                     drop(item);
-                    if self.selector.wants(&event) {
+                    let event = record.to_event(&self.clock, &self.host);
+                    if self.selector.wants(&event, record.header().watch) {
                         self.emit(event)?;
                     }
                 }
                 Err(e) => {
-                    self.decode_errors += 1;
-                    if self.decode_errors == 1 {
+                    self.undecodable += 1;
+                    if self.undecodable == 1 {
                         tracing::warn!("undecodable kernel record: {e}");
                     }
                 }
@@ -113,28 +171,59 @@ impl Session {
         Ok(())
     }
 
-    /// Turns the growth of the kernel's lost counter into a `lost` event.
-    fn report_lost(&mut self, counters: &Counters) -> Result<(), Stop> {
-        if counters.lost > self.lost_reported {
-            let now = Clock::now_rfc3339();
-            let lost = Lost {
-                count: counters.lost - self.lost_reported,
-                cause: "ring_buffer_full".into(),
-                since: std::mem::replace(&mut self.lost_since, now),
-            };
-            self.lost_reported = counters.lost;
-            tracing::warn!("{} events lost: the ring buffer was full", lost.count);
-            let e = self.meta(Data::Lost(lost));
+    /// Turns the growth of every loss counter into a `lost` event: records that found the
+    /// ring buffer full, syscalls and watch marks a full kernel map could not keep, records
+    /// that could not be decoded.
+    fn report_lost(&mut self, counters: &Counters) -> Result<(), Halt> {
+        let now = Clock::now_rfc3339();
+        let since = std::mem::replace(&mut self.lost_since, now);
+        let maps = counters.watch_full + counters.pending_full;
+        let growth = [
+            (
+                counters.lost.saturating_sub(self.reported.ring),
+                "ring_buffer_full",
+            ),
+            (maps.saturating_sub(self.reported.maps), "kernel_map_full"),
+            (
+                self.undecodable.saturating_sub(self.reported.undecodable),
+                "undecodable",
+            ),
+        ];
+        self.reported = Reported {
+            ring: counters.lost,
+            maps,
+            undecodable: self.undecodable,
+        };
+        for (count, cause) in growth {
+            if count == 0 {
+                continue;
+            }
+            tracing::warn!("{count} events lost ({cause})");
+            let e = self.meta(Data::Lost(Lost {
+                count,
+                cause: cause.into(),
+                since: since.clone(),
+            }));
             self.emit(e)?;
-        } else {
-            self.lost_since = Clock::now_rfc3339();
         }
         Ok(())
     }
 }
 
+/// Checks `--pid`: each must be a live process.
+fn check_pids(pids: &[u32]) -> Result<(), TraceError> {
+    match pids.iter().find(|&&p| !procfs::is_process(p)) {
+        Some(p) => Err(TraceError::Usage(format!(
+            "--pid {p}: no such process (a thread id is not a process either)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Runs one tracing session to its end.
 pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
+    let mut signals = Signals::install()?;
+    check_pids(&config.pids)?;
     system::check_privileges()?;
     // SOCKACT_BTF: a kernel's BTF kept elsewhere (e.g. a BTFhub file for a kernel without it).
     let btf_path = std::env::var_os("SOCKACT_BTF")
@@ -151,17 +240,17 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
         host: system::hostname(),
         selector: Selector::new(&config.pids, &config.ports),
         received: 0,
-        decode_errors: 0,
-        lost_reported: 0,
+        undecodable: 0,
+        reported: Reported::default(),
         lost_since: Clock::now_rfc3339(),
     };
     let start = session.agent("start");
     let start = session.meta(Data::Agent(start));
-    if session.emit(start).is_err() {
-        return Ok(Stop::StdoutClosed);
+    if let Err(halt) = session.emit(start) {
+        return finish_early(halt);
     }
 
-    let loaded = ebpf::load(&LoadOptions {
+    let mut loaded = ebpf::load(&LoadOptions {
         filter: FilterConfig {
             self_tgid: std::process::id(),
             all: config.all as u32,
@@ -170,43 +259,53 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
         },
         offsets,
         kernel_log: config.kernel_log,
-        pids: config.pids.clone(),
         ports: config.ports.clone(),
     })?;
+    if !config.pids.is_empty() {
+        let selected = procfs::descendants(&config.pids, &procfs::parents());
+        loaded.watch(&selected, watch::SELECTED)?;
+    }
     let mut attached = session.agent("attached");
     attached.attached = Some(loaded.attached.clone());
     attached.failed = Some(loaded.failed.clone());
     let attached = session.meta(Data::Agent(attached));
-    if session.emit(attached).is_err() {
-        return Ok(Stop::StdoutClosed);
-    }
-    if session.out.flush().is_err() {
-        return Ok(Stop::StdoutClosed);
+    if let Err(halt) = session
+        .emit(attached)
+        .and_then(|()| Ok(session.out.flush()?))
+    {
+        return finish_early(halt);
     }
 
     // SAFETY: `Loaded` owns the ring buffer map, whose fd stays open and the same for as long
     // as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register_with_interest(loaded, Interest::READABLE) }
         .map_err(io::Error::from)?;
-    let stop = read_loop(&mut session, &mut ring, config.duration).await;
+    let halt = read_loop(&mut session, &mut ring, &mut signals, config.duration).await;
     let loaded = ring.get_mut();
-
-    // Records reserved by programs still running are committed within microseconds.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    if stop != Stop::StdoutClosed {
-        let _ = finish(&mut session, loaded);
+    match halt {
+        Halt::Stop(Stop::StdoutClosed) => Ok(Stop::StdoutClosed),
+        Halt::Fail(e) => Err(e),
+        Halt::Stop(stop) => match finish(&mut session, loaded).await {
+            Ok(()) => Ok(stop),
+            Err(halt) => finish_early(halt),
+        },
     }
-    Ok(stop)
+}
+
+fn finish_early(halt: Halt) -> Result<Stop, TraceError> {
+    match halt {
+        Halt::Stop(stop) => Ok(stop),
+        Halt::Fail(e) => Err(e),
+    }
 }
 
 async fn read_loop(
     session: &mut Session,
     ring: &mut AsyncFd<Loaded>,
+    signals: &mut Signals,
     duration: Option<Duration>,
-) -> Stop {
+) -> Halt {
     let deadline = duration.map(|d| Instant::now() + d);
-    let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate()).ok();
-    let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt()).ok();
     let mut tick = tokio::time::interval(TICK);
     let mut last_lost_check = Instant::now();
     loop {
@@ -216,64 +315,44 @@ async fn read_loop(
                 None => std::future::pending().await,
             }
         };
-        let term = async {
-            match sigterm.as_mut() {
-                Some(s) => {
-                    s.recv().await;
+        let step: Result<(), Halt> = tokio::select! {
+            guard = ring.readable_mut() => match guard {
+                Ok(mut guard) => {
+                    let r = session.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                    r
                 }
-                None => std::future::pending().await,
-            }
-        };
-        let int = async {
-            match sigint.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let Ok(mut guard) = guard else { return Stop::Signal };
-                if let Err(stop) = session.drain(guard.get_inner_mut()) {
-                    return stop;
-                }
-                guard.clear_ready();
-            }
+                Err(e) => Err(Halt::Fail(TraceError::Ring(e))),
+            },
             _ = tick.tick() => {
-                if let Err(stop) = session.drain(ring.get_mut()) {
-                    return stop;
-                }
-                if last_lost_check.elapsed() >= LOST_EVERY {
+                let mut r = session.drain(ring.get_mut());
+                if r.is_ok() && last_lost_check.elapsed() >= LOST_EVERY {
                     last_lost_check = Instant::now();
                     let counters = ring.get_ref().counters();
-                    if let Err(stop) = session.report_lost(&counters) {
-                        return stop;
-                    }
+                    r = session.report_lost(&counters);
                 }
-                if session.out.flush().is_err() || stdout_closed() {
-                    return Stop::StdoutClosed;
-                }
+                r.and_then(|()| Ok(session.out.flush()?)).and_then(|()| {
+                    if stdout_closed() { Err(Halt::Stop(Stop::StdoutClosed)) } else { Ok(()) }
+                })
             }
-            _ = until_deadline => return Stop::Duration,
-            _ = term => return Stop::Signal,
-            _ = int => return Stop::Signal,
+            _ = until_deadline => Err(Halt::Stop(Stop::Duration)),
+            _ = signals.recv() => Err(Halt::Stop(Stop::Signal)),
+        };
+        if let Err(halt) = step {
+            return halt;
         }
     }
 }
 
-/// Drains what is left, reports the last losses and the `agent` stop with the kernel's counts.
-fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Stop> {
+/// Detaches the programs, drains every record they submitted, reports the last losses and
+/// the `agent` stop with the kernel's counts: received + lost = submitted.
+async fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Halt> {
+    loaded.detach();
+    // A program that was running when it was detached commits its record within microseconds.
+    tokio::time::sleep(Duration::from_millis(20)).await;
     session.drain(loaded)?;
     let counters = loaded.counters();
     session.report_lost(&counters)?;
-    if counters.watch_full > 0 || counters.pending_full > 0 {
-        tracing::warn!(
-            "kernel maps were full: {} watch marks and {} syscalls not tracked",
-            counters.watch_full,
-            counters.pending_full
-        );
-    }
     let mut stop = session.agent("stop");
     stop.submitted = Some(counters.submitted);
     stop.lost = Some(counters.lost);
@@ -285,5 +364,5 @@ fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Stop> {
     );
     let e = session.meta(Data::Agent(stop));
     session.emit(e)?;
-    session.out.flush().map_err(|_| Stop::StdoutClosed)
+    Ok(session.out.flush()?)
 }

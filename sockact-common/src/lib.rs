@@ -93,7 +93,8 @@ pub struct RecordHeader {
     pub uid: u32,
     /// TGID in the process's own PID namespace (0 when it could not be read).
     pub ns_pid: u32,
-    pub _pad: u32,
+    /// The process's `watch` bits when the record was written.
+    pub watch: u32,
     pub comm: [u8; COMM_LEN],
 }
 

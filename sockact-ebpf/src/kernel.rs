@@ -15,7 +15,7 @@ use sockact_common::{
     sock_flags,
 };
 
-use crate::maps::OFFSETS;
+use crate::maps::{OFFSETS, WATCHED};
 
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -71,7 +71,8 @@ pub fn fill_header(h: &mut RecordHeader, kind: RecordKind, size: usize, pid_tgid
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     h.ppid = 0;
     h.ns_pid = 0;
-    h._pad = 0;
+    // SAFETY: points at a live map value.
+    h.watch = WATCHED.get_ptr(&h.pid).map(|b| unsafe { *b }).unwrap_or(0);
     if let Some(o) = offsets() {
         let task = current_task();
         // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
@@ -159,9 +160,11 @@ pub fn sock_local_port(sk: *const u8) -> u16 {
     }
 }
 
-/// Fills `info` from the socket behind `fd`; returns the family when it resolved.
+/// Fills `info` from the socket behind `fd`; returns its `struct sock`, null when the fd did
+/// not resolve (a plain pointer, not an Option of a tuple: LLVM leaves the payload of a None
+/// undefined, and the verifier rejects reading an undefined register).
 #[inline(always)]
-pub fn fill_sock_info(info: &mut SockInfo, fd: i32) -> Option<(*const u8, u16)> {
+pub fn fill_sock_info(info: &mut SockInfo, fd: i32) -> *const u8 {
     info.flags = 0;
     info.family = 0;
     info.inode = 0;
@@ -174,12 +177,18 @@ pub fn fill_sock_info(info: &mut SockInfo, fd: i32) -> Option<(*const u8, u16)> 
     info._pad = 0;
     info.local_addr = [0; 16];
     info.remote_addr = [0; 16];
-    let o = offsets()?;
-    let (sk, ino) = sock_of_fd(fd)?;
+    let Some(o) = offsets() else {
+        return core::ptr::null();
+    };
+    let Some((sk, ino)) = sock_of_fd(fd) else {
+        return core::ptr::null();
+    };
     info.inode = ino;
     // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
     unsafe {
-        let family: u16 = read(sk, o.sk_family)?;
+        let Some(family) = read::<u16>(sk, o.sk_family) else {
+            return core::ptr::null();
+        };
         info.family = family;
         info.flags = sock_flags::VALID;
         info.state = read(sk, o.sk_state).unwrap_or(0);
@@ -203,7 +212,7 @@ pub fn fill_sock_info(info: &mut SockInfo, fd: i32) -> Option<(*const u8, u16)> 
             info.local_addr = read(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
             info.remote_addr = read(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
         }
-        Some((sk, family))
+        sk
     }
 }
 

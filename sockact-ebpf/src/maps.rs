@@ -23,10 +23,10 @@ pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
 pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
 
 /// An exec in flight: read at syscall entry (the caller's memory is gone after a successful
-/// exec), emitted at exit only when it succeeded. Keyed by TGID: the exec'ing thread becomes the
-/// group leader.
+/// exec), emitted at exit only when it succeeded. Keyed by pid_tgid, so that threads exec'ing
+/// at once cannot overwrite or drop each other's entry.
 #[map]
-pub static PENDING_EXEC: HashMap<u32, ExecRecord> = HashMap::with_max_entries(1024, 0);
+pub static PENDING_EXEC: HashMap<u64, ExecRecord> = HashMap::with_max_entries(1024, 0);
 
 /// The exec record is too large for the 512-byte stack: it is built here, then parked.
 #[map]
@@ -44,6 +44,9 @@ pub struct Pending {
     pub fd: i32,
     /// backlog (listen), how (shutdown), addrlen (bind, connect).
     pub arg: i32,
+    /// The RecordKind of the syscall that parked it: an exit takes only its own.
+    pub call: u32,
+    pub _pad: u32,
 }
 
 #[unsafe(no_mangle)]

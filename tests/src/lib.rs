@@ -94,9 +94,14 @@ impl Trace {
             seen: Vec::new(),
             stderr,
         };
-        trace.wait_for(Duration::from_secs(30), |v| {
+        let attached = trace.wait_for(Duration::from_secs(30), |v| {
             v["kind"] == "agent" && v["action"] == "attached"
         });
+        assert_eq!(
+            attached["failed"],
+            serde_json::json!([]),
+            "every program loads and attaches"
+        );
         trace
     }
 

@@ -39,12 +39,16 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "the kernel and end-to-end tests need root (they load eBPF programs): run `sudo -E cargo xtask test`"
         );
     }
+    // The real-systemd test bed's root, built once and cached.
+    let rootfs = rootfs::ensure()?;
+    // One at a time: scenarios boot containers, and tracers see the whole machine.
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)
             .args(["test", "-p", "sockact-tests", "--", "--test-threads=1"])
             .args(args)
-            .env("SOCKACT_TRACE_BIN", root.join("target/debug/sockact-trace")),
+            .env("SOCKACT_TRACE_BIN", root.join("target/debug/sockact-trace"))
+            .env("SOCKACT_ROOTFS", rootfs),
     )?;
     Ok(())
 }

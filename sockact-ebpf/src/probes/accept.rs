@@ -8,8 +8,7 @@ use sockact_common::{AcceptRecord, RecordKind};
 use crate::{
     filter::{tgid_of, watched},
     kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix},
-    maps::Pending,
-    probes::{arg, listen::fd_port_selected, park, reserve, ret, take},
+    probes::{arg, listen::fd_port_selected, park, reserve, restarted, ret, take},
 };
 
 const EAGAIN: i64 = 11;
@@ -46,15 +45,21 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     if !(keep || fd_port_selected(fd)) {
         return None;
     }
-    park(ctx, pid_tgid, Pending { ptr: 0, fd, arg: 0 });
+    park(ctx, pid_tgid, RecordKind::Accept, 0, fd, 0);
     Some(())
 }
 
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let pending = take(pid_tgid)?;
     let result = ret(ctx)?;
-    if result == -EAGAIN {
+    let listen_fd = match take(pid_tgid, RecordKind::Accept) {
+        Some(pending) => pending.fd,
+        // An accept that was already blocked when tracing started: its listener is known
+        // only through the accepted socket's local side.
+        None if result >= 0 && watched(tgid_of(pid_tgid)) == Some(true) => -1,
+        None => return None,
+    };
+    if restarted(result) || result == -EAGAIN {
         return None;
     }
     let mut entry = reserve::<AcceptRecord>()?;
@@ -66,17 +71,19 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         core::mem::size_of::<AcceptRecord>(),
         pid_tgid,
     );
-    rec.listen_fd = pending.fd;
+    rec.listen_fd = listen_fd;
     rec._pad = 0;
     rec.ret = result;
     rec.unix.len = 0;
     rec.unix.ok = 0;
-    if let Some((sk, family)) = fill_sock_info(&mut rec.listener, pending.fd) {
-        if is_unix(family) {
-            fill_unix_addr(&mut rec.unix, sk);
-        }
+    let listener = fill_sock_info(&mut rec.listener, listen_fd);
+    let conn = fill_sock_info(&mut rec.conn, result as i32);
+    // A unix connection carries its listener's name.
+    if !listener.is_null() && is_unix(rec.listener.family) {
+        fill_unix_addr(&mut rec.unix, listener);
+    } else if listener.is_null() && !conn.is_null() && is_unix(rec.conn.family) {
+        fill_unix_addr(&mut rec.unix, conn);
     }
-    let _ = fill_sock_info(&mut rec.conn, result as i32);
     entry.submit(0);
     Some(())
 }

@@ -8,8 +8,7 @@ use sockact_common::{BindRecord, RecordKind};
 use crate::{
     filter::{is_manager, tgid_of, user_addr_port_selected, watched},
     kernel::{fill_header, fill_sock_info, fill_user_addr},
-    maps::Pending,
-    probes::{arg, park, reserve, ret, take},
+    probes::{arg, park, reserve, restarted, ret, take},
 };
 
 #[tracepoint]
@@ -33,22 +32,17 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     }
     let fd: i64 = arg(ctx, 0)?;
     let len: i64 = arg(ctx, 2)?;
-    park(
-        ctx,
-        pid_tgid,
-        Pending {
-            ptr,
-            fd: fd as i32,
-            arg: len as i32,
-        },
-    );
+    park(ctx, pid_tgid, RecordKind::Bind, ptr, fd as i32, len as i32);
     Some(())
 }
 
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let pending = take(pid_tgid)?;
+    let pending = take(pid_tgid, RecordKind::Bind)?;
     let result = ret(ctx)?;
+    if restarted(result) {
+        return None;
+    }
     let mut entry = reserve::<BindRecord>()?;
     // SAFETY: the reserved slot is ours until submitted; every field is written below.
     let rec = unsafe { &mut *entry.as_mut_ptr() };

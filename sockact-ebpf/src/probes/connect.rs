@@ -8,8 +8,7 @@ use sockact_common::{ConnectRecord, RecordKind};
 use crate::{
     filter::{tgid_of, user_addr_port_selected, watched},
     kernel::{fill_header, fill_user_addr},
-    maps::Pending,
-    probes::{arg, park, reserve, ret, take},
+    probes::{arg, park, reserve, restarted, ret, take},
 };
 
 #[tracepoint]
@@ -36,19 +35,21 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
     park(
         ctx,
         pid_tgid,
-        Pending {
-            ptr,
-            fd: fd as i32,
-            arg: len as i32,
-        },
+        RecordKind::Connect,
+        ptr,
+        fd as i32,
+        len as i32,
     );
     Some(())
 }
 
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let pending = take(pid_tgid)?;
+    let pending = take(pid_tgid, RecordKind::Connect)?;
     let result = ret(ctx)?;
+    if restarted(result) {
+        return None;
+    }
     let mut entry = reserve::<ConnectRecord>()?;
     // SAFETY: the reserved slot is ours until submitted; every field is written below.
     let rec = unsafe { &mut *entry.as_mut_ptr() };

@@ -75,7 +75,7 @@ fn try_enter(ctx: &TracePointContext, shift: usize, flags: u32) -> Option<()> {
     read_user_str(filename, &mut rec.filename);
     let argv: u64 = arg(ctx, 1 + shift)?;
     read_argv(argv, rec);
-    if PENDING_EXEC.insert(&tgid, rec, 0).is_err() {
+    if PENDING_EXEC.insert(&pid_tgid, rec, 0).is_err() {
         count(counter::PENDING_FULL);
         warn!(
             ctx,
@@ -170,7 +170,7 @@ fn scan_env(envp: u64, rec: &mut ExecRecord) {
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = tgid_of(pid_tgid);
-    let pending = PENDING_EXEC.get_ptr(&tgid)?;
+    let pending = PENDING_EXEC.get_ptr(&pid_tgid)?;
     let ok = ret(ctx)? == 0;
     if ok {
         // SAFETY: `pending` points at a live map value.
@@ -212,10 +212,12 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
                 );
                 entry.submit(0);
             } else {
+                // Counted as submitted when reserved: count it as lost so the books balance.
                 entry.discard(0);
+                count(counter::LOST);
             }
         }
     }
-    let _ = PENDING_EXEC.remove(&tgid);
+    let _ = PENDING_EXEC.remove(&pid_tgid);
     Some(())
 }

@@ -8,8 +8,7 @@ use sockact_common::{ListenRecord, RecordKind};
 use crate::{
     filter::{is_manager, port_selected, tgid_of, watched},
     kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix, sock_local_port, sock_of_fd},
-    maps::Pending,
-    probes::{arg, park, reserve, ret, take},
+    probes::{arg, park, reserve, restarted, ret, take},
 };
 
 #[tracepoint]
@@ -33,15 +32,7 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let backlog: i64 = arg(ctx, 1)?;
-    park(
-        ctx,
-        pid_tgid,
-        Pending {
-            ptr: 0,
-            fd,
-            arg: backlog as i32,
-        },
-    );
+    park(ctx, pid_tgid, RecordKind::Listen, 0, fd, backlog as i32);
     Some(())
 }
 
@@ -59,8 +50,11 @@ pub fn fd_port_selected(fd: i32) -> bool {
 
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let pending = take(pid_tgid)?;
+    let pending = take(pid_tgid, RecordKind::Listen)?;
     let result = ret(ctx)?;
+    if restarted(result) {
+        return None;
+    }
     let mut entry = reserve::<ListenRecord>()?;
     // SAFETY: the reserved slot is ours until submitted; every field is written below.
     let rec = unsafe { &mut *entry.as_mut_ptr() };
@@ -75,10 +69,9 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     rec.ret = result;
     rec.unix.len = 0;
     rec.unix.ok = 0;
-    if let Some((sk, family)) = fill_sock_info(&mut rec.sock, pending.fd) {
-        if is_unix(family) {
-            fill_unix_addr(&mut rec.unix, sk);
-        }
+    let sk = fill_sock_info(&mut rec.sock, pending.fd);
+    if !sk.is_null() && is_unix(rec.sock.family) {
+        fill_unix_addr(&mut rec.unix, sk);
     }
     entry.submit(0);
     Some(())

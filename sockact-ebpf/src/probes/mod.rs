@@ -9,7 +9,7 @@ pub mod shutdown;
 
 use aya_ebpf::{maps::ring_buf::RingBufEntry, programs::TracePointContext};
 use aya_log_ebpf::warn;
-use sockact_common::counter;
+use sockact_common::{RecordKind, counter};
 
 use crate::maps::{EVENTS, PENDING, Pending, count};
 
@@ -45,7 +45,14 @@ pub fn reserve<T: 'static>() -> Option<RingBufEntry<T>> {
 
 /// Parks a syscall's arguments until its exit.
 #[inline(always)]
-pub fn park(ctx: &TracePointContext, pid_tgid: u64, pending: Pending) {
+pub fn park(ctx: &TracePointContext, pid_tgid: u64, call: RecordKind, ptr: u64, fd: i32, arg: i32) {
+    let pending = Pending {
+        ptr,
+        fd,
+        arg,
+        call: call as u32,
+        _pad: 0,
+    };
     if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
         count(counter::PENDING_FULL);
         warn!(
@@ -56,12 +63,20 @@ pub fn park(ctx: &TracePointContext, pid_tgid: u64, pending: Pending) {
     }
 }
 
-/// Takes the parked arguments of the syscall now returning.
+/// Takes the parked arguments of the syscall now returning; an entry another syscall left
+/// (its exit was not attached yet, or failed to attach) is dropped, never misread.
 #[inline(always)]
-pub fn take(pid_tgid: u64) -> Option<Pending> {
+pub fn take(pid_tgid: u64, call: RecordKind) -> Option<Pending> {
     let p = PENDING.get_ptr(&pid_tgid)?;
     // SAFETY: the value is copied out before the entry is removed.
     let pending = unsafe { *p };
     let _ = PENDING.remove(&pid_tgid);
-    Some(pending)
+    (pending.call == call as u32).then_some(pending)
+}
+
+/// The kernel-internal ERESTART* codes: the call is restarted after a signal without the
+/// application ever seeing them, so they are not results worth a record.
+#[inline(always)]
+pub fn restarted(ret: i64) -> bool {
+    (-516..=-512).contains(&ret)
 }

@@ -27,17 +27,18 @@ pub fn sched_sched_process_exit(ctx: TracePointContext) -> u32 {
 
 fn try_fork(ctx: &TracePointContext) -> Option<()> {
     let tgid = tgid_of(bpf_get_current_pid_tgid());
-    WATCHED.get_ptr(&tgid)?;
+    // SAFETY: points at a live map value.
+    let bits = unsafe { *WATCHED.get_ptr(&tgid)? };
     let o = offsets()?;
     // SAFETY: the offset comes from this tracepoint's format file.
     let child: i32 = unsafe { ctx.read_at(o.tp_fork_child_pid as usize).ok()? };
     if child <= 0 {
         return None;
     }
-    // Threads get a mark too (the fork tracepoint cannot tell them apart); it is dropped when
-    // they exit.
+    // Children inherit why their parent is watched (a --pid selection follows them). Threads
+    // get a mark too (the fork tracepoint cannot tell them apart); it is dropped when they exit.
     if WATCHED
-        .insert(&(child as u32), &watch::INHERITED, 0)
+        .insert(&(child as u32), &(bits | watch::INHERITED), 0)
         .is_err()
     {
         count(counter::WATCH_FULL);
@@ -53,6 +54,8 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = tgid_of(pid_tgid);
     let tid = pid_tgid as u32;
+    // An exec's syscall exit never comes for a thread that dies in it.
+    let _ = PENDING_EXEC.remove(&pid_tgid);
     if tid != tgid {
         let _ = WATCHED.remove(&tid);
     }
@@ -68,7 +71,6 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     }
     let keep = watched(tgid)?;
     let _ = WATCHED.remove(&tgid);
-    let _ = PENDING_EXEC.remove(&tgid);
     if !keep {
         return None;
     }

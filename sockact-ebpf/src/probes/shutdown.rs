@@ -8,8 +8,7 @@ use sockact_common::{RecordKind, ShutdownRecord};
 use crate::{
     filter::{tgid_of, watched},
     kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix, sock_of_fd, sock_state},
-    maps::Pending,
-    probes::{arg, park, reserve, ret, take},
+    probes::{arg, park, reserve, restarted, ret, take},
 };
 
 const TCP_LISTEN: u8 = 10;
@@ -39,22 +38,17 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let how: i64 = arg(ctx, 1)?;
-    park(
-        ctx,
-        pid_tgid,
-        Pending {
-            ptr: 0,
-            fd,
-            arg: how as i32,
-        },
-    );
+    park(ctx, pid_tgid, RecordKind::Shutdown, 0, fd, how as i32);
     Some(())
 }
 
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let pending = take(pid_tgid)?;
+    let pending = take(pid_tgid, RecordKind::Shutdown)?;
     let result = ret(ctx)?;
+    if restarted(result) {
+        return None;
+    }
     let mut entry = reserve::<ShutdownRecord>()?;
     // SAFETY: the reserved slot is ours until submitted; every field is written below.
     let rec = unsafe { &mut *entry.as_mut_ptr() };
@@ -69,10 +63,9 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     rec.ret = result;
     rec.unix.len = 0;
     rec.unix.ok = 0;
-    if let Some((sk, family)) = fill_sock_info(&mut rec.sock, pending.fd) {
-        if is_unix(family) {
-            fill_unix_addr(&mut rec.unix, sk);
-        }
+    let sk = fill_sock_info(&mut rec.sock, pending.fd);
+    if !sk.is_null() && is_unix(rec.sock.family) {
+        fill_unix_addr(&mut rec.unix, sk);
     }
     entry.submit(0);
     Some(())
