@@ -21,6 +21,17 @@ pub struct Cli {
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
+    /// Trace a unit: `myapp`, `myapp.socket` or `myapp.service` name the service and every
+    /// socket unit that triggers it (repeatable).
+    #[arg(long = "unit", value_name = "NAME")]
+    pub units: Vec<String>,
+
+    /// Talk to another systemd: its bus (`unix:path=/proc/PID/root/run/dbus/system_bus_socket`)
+    /// or its private socket (`unix:path=/proc/PID/root/run/systemd/private`, peer-to-peer).
+    /// Default: the system bus.
+    #[arg(long, value_name = "ADDRESS", global = true)]
+    pub systemd_bus: Option<String>,
+
     /// Trace whoever binds, listens, accepts or connects on this port (repeatable).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
@@ -57,6 +68,8 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 pub struct TraceConfig {
     pub all: bool,
     pub pids: Vec<u32>,
+    pub units: Vec<String>,
+    pub systemd_bus: Option<String>,
     pub ports: Vec<u16>,
     pub format: Format,
     pub duration: Option<Duration>,
@@ -68,6 +81,8 @@ impl Cli {
         TraceConfig {
             all: self.all,
             pids: self.pids.clone(),
+            units: self.units.clone(),
+            systemd_bus: self.systemd_bus.clone(),
             ports: self.ports.clone(),
             format: self.format.unwrap_or_else(Format::default_for_stdout),
             duration: self.duration,

@@ -52,6 +52,8 @@ pub enum Data {
     Accept(Accept),
     Connect(Connect),
     Shutdown(Shutdown),
+    Listener(Listener),
+    Unit(Unit),
     Lost(Lost),
     Agent(Agent),
 }
@@ -67,6 +69,8 @@ impl Data {
             Data::Accept(_) => "accept",
             Data::Connect(_) => "connect",
             Data::Shutdown(_) => "shutdown",
+            Data::Listener(_) => "listener",
+            Data::Unit(_) => "unit",
             Data::Lost(_) => "lost",
             Data::Agent(_) => "agent",
         }
@@ -205,6 +209,46 @@ pub struct Shutdown {
     pub outcome: Outcome,
     #[serde(flatten)]
     pub socket: SocketId,
+}
+
+/// A listening socket systemd holds for a socket unit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Listener {
+    /// `open`, `close` or `existing` (found by the start-up snapshot).
+    pub action: String,
+    pub addr: String,
+    pub family: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backlog: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub inode: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub socket_unit: Option<String>,
+}
+
+/// A unit: resolved for `--unit`, or one of its changes as systemd reports them.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Unit {
+    pub unit: String,
+    /// `resolved`, `started`, `stopped`, `restarted` or `state`.
+    pub change: String,
+    pub active_state: String,
+    pub sub_state: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub main_pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub n_restarts: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub invocation_id: Option<String>,
+    /// `resolved` socket units: their Listen addresses.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub listen: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub accept: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backlog: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fd_names: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -5,6 +5,7 @@
 pub mod addr;
 pub mod cli;
 pub mod clock;
+pub mod correlate;
 pub mod decode;
 pub mod ebpf;
 pub mod errno;

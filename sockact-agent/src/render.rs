@@ -13,6 +13,7 @@ fn colour(kind: &str) -> &'static str {
         "bind" | "listen" => "\x1b[33m",
         "accept" | "connect" => "\x1b[32m",
         "shutdown" | "lost" => "\x1b[31m",
+        "unit" | "listener" => "\x1b[35m",
         _ => "\x1b[2m",
     }
 }
@@ -110,6 +111,26 @@ fn details(d: &Data) -> String {
             x.how,
             result(x.outcome.ret, &x.outcome.errno)
         ),
+        Data::Listener(x) => format!(
+            "{} {} backlog={} socket_unit={}",
+            x.action,
+            x.addr,
+            x.backlog.map_or("?".into(), |b| b.to_string()),
+            x.socket_unit.as_deref().unwrap_or("?")
+        ),
+        Data::Unit(x) => {
+            let mut s = format!("{} {} {}/{}", x.unit, x.change, x.active_state, x.sub_state);
+            if let Some(pid) = x.main_pid.filter(|&p| p != 0) {
+                let _ = write!(s, " main_pid={pid}");
+            }
+            if let Some(listen) = &x.listen {
+                let _ = write!(s, " listen={}", listen.join(","));
+            }
+            if let Some(names) = &x.fd_names {
+                let _ = write!(s, " fd_names={}", names.join(":"));
+            }
+            s
+        }
         Data::Lost(x) => format!("{} events lost ({})", x.count, x.cause),
         Data::Agent(x) => {
             let mut s = format!("{} {}", x.action, x.version);

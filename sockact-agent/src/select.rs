@@ -8,6 +8,9 @@ use crate::events::{Data, Event};
 pub struct Selector {
     pids: HashSet<u32>,
     ports: HashSet<u16>,
+    /// `--unit`: the services, and the socket units that trigger them.
+    services: HashSet<String>,
+    sockets: HashSet<String>,
 }
 
 impl Selector {
@@ -15,12 +18,27 @@ impl Selector {
         Selector {
             pids: pids.iter().copied().collect(),
             ports: ports.iter().copied().collect(),
+            ..Default::default()
         }
+    }
+
+    /// Adds a resolved `--unit`.
+    pub fn add_unit(&mut self, service: &str, sockets: &[String]) {
+        self.services.insert(service.to_owned());
+        self.sockets.extend(sockets.iter().cloned());
+    }
+
+    fn wants_unit(&self, unit: &str) -> bool {
+        if self.services.contains(unit) || self.sockets.contains(unit) {
+            return true;
+        }
+        // An Accept=yes instance belongs to its socket unit.
+        crate::systemd::template_socket_of(unit).is_some_and(|s| self.sockets.contains(&s))
     }
 
     /// No selector: everything the kernel kept is wanted.
     pub fn is_empty(&self) -> bool {
-        self.pids.is_empty() && self.ports.is_empty()
+        self.pids.is_empty() && self.ports.is_empty() && self.services.is_empty()
     }
 
     /// Whether to show an event; `watch` is the process's watch bits from the kernel, where
@@ -36,6 +54,25 @@ impl Selector {
             if e.process
                 .as_ref()
                 .is_some_and(|p| self.pids.contains(&p.pid))
+            {
+                return true;
+            }
+        }
+        if !self.services.is_empty() {
+            match &e.data {
+                Data::Unit(u) if self.wants_unit(&u.unit) => return true,
+                Data::Listener(l)
+                    if l.socket_unit.as_deref().is_some_and(|s| self.wants_unit(s)) =>
+                {
+                    return true;
+                }
+                _ => {}
+            }
+            if let Some(p) = &e.process
+                && (p.unit.as_deref().is_some_and(|u| self.wants_unit(u))
+                    || p.socket_unit
+                        .as_deref()
+                        .is_some_and(|s| self.sockets.contains(s)))
             {
                 return true;
             }

@@ -2,25 +2,37 @@
 //! duration is over, a signal arrives or stdout closes; report what attached and what was lost.
 use std::{io, path::PathBuf, time::Duration};
 
+use std::collections::HashSet;
+
 use sockact_common::{FilterConfig, watch};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind},
+    sync::mpsc,
     time::Instant,
 };
 
 use crate::{
     cli::TraceConfig,
     clock::Clock,
+    correlate::{Attribution, proc_cgroup, snapshot},
     decode,
     ebpf::{self, Counters, LoadOptions, Loaded},
-    events::{Agent, Data, Event, Lost, SCHEMA_VERSION},
+    events::{Agent, Data, Event, Listener, Lost, SCHEMA_VERSION, Unit},
     offsets::{KernelBtf, OffsetError, VMLINUX_BTF},
     output::{Output, stdout_closed},
     procfs,
     select::Selector,
     system::{self, SystemError},
+    systemd::{
+        Catalog, classify,
+        client::{Systemd, SystemdError, UnitChange},
+        resolve::{ResolveError, resolve},
+    },
 };
+
+/// How long connecting to systemd and reading its units may take.
+const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often counters are checked, a quiet stream flushed and a closed stdout noticed.
 const TICK: Duration = Duration::from_millis(100);
@@ -41,6 +53,8 @@ pub enum TraceError {
     Ring(io::Error),
     #[error("writing events: {0}")]
     Write(io::Error),
+    #[error("{0}")]
+    Systemd(String),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -116,6 +130,7 @@ struct Session {
     clock: Clock,
     host: String,
     selector: Selector,
+    attribution: Attribution,
     received: u64,
     undecodable: u64,
     reported: Reported,
@@ -155,7 +170,8 @@ impl Session {
             match decode::parse(&item) {
                 Ok(record) => {
                     drop(item);
-                    let event = record.to_event(&self.clock, &self.host);
+                    let mut event = record.to_event(&self.clock, &self.host);
+                    self.attribution.enrich(&mut event, &proc_cgroup);
                     if self.selector.wants(&event, record.header().watch) {
                         self.emit(event)?;
                     }
@@ -167,6 +183,72 @@ impl Session {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Emits a `unit` event for a change of a unit sockact follows, and keeps the catalog
+    /// current.
+    fn unit_change(&mut self, c: UnitChange) -> Result<(), Halt> {
+        let catalog = &mut self.attribution.catalog;
+        let (prev_active, prev_invocation) = if let Some(s) = catalog.services.get(&c.unit) {
+            (s.active_state.clone(), s.invocation_id.clone())
+        } else if let Some(s) = catalog.sockets.get(&c.unit) {
+            (s.active_state.clone(), String::new())
+        } else {
+            return Ok(());
+        };
+        let change = classify(
+            &prev_active,
+            &prev_invocation,
+            c.active_state.as_deref(),
+            c.invocation_id.as_deref(),
+        );
+        let unit = if let Some(s) = catalog.services.get_mut(&c.unit) {
+            if let Some(v) = &c.active_state {
+                s.active_state = v.clone();
+            }
+            if let Some(v) = &c.sub_state {
+                s.sub_state = v.clone();
+            }
+            if let Some(v) = &c.invocation_id {
+                s.invocation_id = v.clone();
+            }
+            if let Some(v) = c.main_pid {
+                s.main_pid = v;
+            }
+            if let Some(v) = c.n_restarts {
+                s.n_restarts = v;
+            }
+            Unit {
+                unit: s.name.clone(),
+                change: change.into(),
+                active_state: s.active_state.clone(),
+                sub_state: s.sub_state.clone(),
+                main_pid: Some(s.main_pid),
+                n_restarts: Some(s.n_restarts),
+                invocation_id: (!s.invocation_id.is_empty()).then(|| s.invocation_id.clone()),
+                ..Default::default()
+            }
+        } else {
+            let s = catalog.sockets.get_mut(&c.unit).expect("found above");
+            if let Some(v) = &c.active_state {
+                s.active_state = v.clone();
+            }
+            if let Some(v) = &c.sub_state {
+                s.sub_state = v.clone();
+            }
+            Unit {
+                unit: s.name.clone(),
+                change: change.into(),
+                active_state: s.active_state.clone(),
+                sub_state: s.sub_state.clone(),
+                ..Default::default()
+            }
+        };
+        let e = self.meta(Data::Unit(unit));
+        if self.selector.wants(&e, 0) {
+            self.emit(e)?;
         }
         Ok(())
     }
@@ -210,6 +292,126 @@ impl Session {
     }
 }
 
+/// Connects to systemd and reads its socket units. Without `--unit` an unreachable systemd is
+/// not an error: unit names then come from cgroups only.
+async fn connect_systemd(config: &TraceConfig) -> Result<Option<(Systemd, Catalog)>, TraceError> {
+    let attempt = async {
+        let client = Systemd::connect(config.systemd_bus.as_deref()).await?;
+        let catalog = client.catalog().await?;
+        Ok::<_, SystemdError>((client, catalog))
+    };
+    let failure = match tokio::time::timeout(SYSTEMD_TIMEOUT, attempt).await {
+        Ok(Ok(found)) => return Ok(Some(found)),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("systemd did not answer within {SYSTEMD_TIMEOUT:?}"),
+    };
+    if config.units.is_empty() {
+        tracing::info!("{failure}: unit names come from cgroups only");
+        return Ok(None);
+    }
+    Err(TraceError::Systemd(format!(
+        "--unit needs systemd: {failure}; is systemd running here? For another systemd (a \
+         container), pass --systemd-bus unix:path=/proc/PID/root/run/dbus/system_bus_socket"
+    )))
+}
+
+/// Resolves every `--unit` into the unit events that open the stream.
+async fn resolve_units(
+    config: &TraceConfig,
+    client: &Systemd,
+    catalog: &Catalog,
+    selector: &mut Selector,
+) -> Result<Vec<Unit>, TraceError> {
+    let mut resolved = Vec::new();
+    for name in &config.units {
+        let r = match resolve(name, catalog, |_| false) {
+            Ok(r) => r,
+            Err(ResolveError::Unknown { .. }) => {
+                let stem = name
+                    .strip_suffix(".service")
+                    .or_else(|| name.strip_suffix(".socket"))
+                    .unwrap_or(name);
+                let service = format!("{stem}.service");
+                let known = client
+                    .load(&service)
+                    .await
+                    .map_err(|e| TraceError::Systemd(e.to_string()))?
+                    .is_some();
+                let err = resolve(name, catalog, |s| known && s == service)
+                    .expect_err("resolved only with what systemd said");
+                return Err(TraceError::Usage(format!("--unit {err}")));
+            }
+            Err(e) => return Err(TraceError::Usage(format!("--unit {e}"))),
+        };
+        selector.add_unit(&r.service, &r.sockets);
+        if let Some(s) = catalog.services.get(&r.service) {
+            resolved.push(Unit {
+                unit: s.name.clone(),
+                change: "resolved".into(),
+                active_state: s.active_state.clone(),
+                sub_state: s.sub_state.clone(),
+                main_pid: Some(s.main_pid),
+                n_restarts: Some(s.n_restarts),
+                invocation_id: (!s.invocation_id.is_empty()).then(|| s.invocation_id.clone()),
+                ..Default::default()
+            });
+        }
+        for name in &r.sockets {
+            let s = &catalog.sockets[name];
+            resolved.push(Unit {
+                unit: s.name.clone(),
+                change: "resolved".into(),
+                active_state: s.active_state.clone(),
+                sub_state: s.sub_state.clone(),
+                listen: Some(s.listen.iter().map(|(_, a)| a.clone()).collect()),
+                accept: Some(s.accept),
+                backlog: Some(s.backlog),
+                fd_names: Some(vec![s.fd_name.clone()]),
+                ..Default::default()
+            });
+        }
+    }
+    Ok(resolved)
+}
+
+/// Marks the processes of socket-activated units that already run, and those holding a
+/// systemd listener, in the kernel's watch map; returns the `listener` events for the
+/// listeners that already exist.
+fn snapshot(catalog: &Catalog, loaded: &mut Loaded) -> Result<Vec<Listener>, TraceError> {
+    let activated = |unit: &str| !catalog.sockets_of(unit).is_empty();
+    let mut pids: HashSet<u32> = snapshot::pids_of_units(activated).into_iter().collect();
+    let listeners = snapshot::unit_listeners(catalog, &snapshot::listeners());
+    let inodes: HashSet<u64> = listeners.iter().map(|(_, _, l)| l.inode).collect();
+    // systemd itself holds them all: marking it would watch every process it starts.
+    pids.extend(
+        snapshot::holders(&inodes)
+            .into_iter()
+            .filter(|&pid| !is_manager(pid)),
+    );
+    let pids: Vec<u32> = pids.into_iter().collect();
+    loaded.watch(&pids, watch::SNAPSHOT)?;
+    tracing::debug!(
+        "snapshot: {} processes of socket-activated units",
+        pids.len()
+    );
+    Ok(listeners
+        .into_iter()
+        .map(|(unit, backlog, l)| Listener {
+            action: "existing".into(),
+            addr: l.addr,
+            family: l.family.into(),
+            backlog: Some(backlog),
+            inode: Some(l.inode),
+            socket_unit: Some(unit.to_owned()),
+        })
+        .collect())
+}
+
+fn is_manager(pid: u32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    matches!(comm.trim(), "systemd" | "(sd-listen)")
+}
+
 /// Checks `--pid`: each must be a live process.
 fn check_pids(pids: &[u32]) -> Result<(), TraceError> {
     match pids.iter().find(|&&p| !procfs::is_process(p)) {
@@ -234,11 +436,23 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     let offsets = KernelBtf::open(&btf_path)?.kernel_offsets(&tracefs)?;
     system::raise_memlock();
 
+    let mut selector = Selector::new(&config.pids, &config.ports);
+    let systemd = connect_systemd(&config).await?;
+    let mut resolved = Vec::new();
+    if let Some((client, catalog)) = &systemd {
+        resolved = resolve_units(&config, client, catalog, &mut selector).await?;
+    }
+    let (client, catalog) = match systemd {
+        Some((client, catalog)) => (Some(client), catalog),
+        None => (None, Catalog::default()),
+    };
+
     let mut session = Session {
         out: Output::stdout(config.format),
         clock: Clock::new(),
         host: system::hostname(),
-        selector: Selector::new(&config.pids, &config.ports),
+        selector,
+        attribution: Attribution::new(catalog),
         received: 0,
         undecodable: 0,
         reported: Reported::default(),
@@ -248,6 +462,12 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     let start = session.meta(Data::Agent(start));
     if let Err(halt) = session.emit(start) {
         return finish_early(halt);
+    }
+    for unit in resolved {
+        let e = session.meta(Data::Unit(unit));
+        if let Err(halt) = session.emit(e) {
+            return finish_early(halt);
+        }
     }
 
     let mut loaded = ebpf::load(&LoadOptions {
@@ -265,22 +485,46 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
         let selected = procfs::descendants(&config.pids, &procfs::parents());
         loaded.watch(&selected, watch::SELECTED)?;
     }
+    let existing = snapshot(&session.attribution.catalog, &mut loaded)?;
+    let (changes_tx, mut changes) = mpsc::channel(256);
+    if let Some(client) = client {
+        tokio::spawn(async move {
+            if let Err(e) = client.watch(changes_tx).await {
+                tracing::warn!("no more unit changes: {e}");
+            }
+        });
+    }
     let mut attached = session.agent("attached");
     attached.attached = Some(loaded.attached.clone());
     attached.failed = Some(loaded.failed.clone());
     let attached = session.meta(Data::Agent(attached));
-    if let Err(halt) = session
-        .emit(attached)
-        .and_then(|()| Ok(session.out.flush()?))
-    {
+    if let Err(halt) = session.emit(attached) {
         return finish_early(halt);
+    }
+    for listener in existing {
+        let e = session.meta(Data::Listener(listener));
+        if session.selector.wants(&e, 0)
+            && let Err(halt) = session.emit(e)
+        {
+            return finish_early(halt);
+        }
+    }
+    if let Err(e) = session.out.flush() {
+        return finish_early(e.into());
     }
 
     // SAFETY: `Loaded` owns the ring buffer map, whose fd stays open and the same for as long
     // as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register_with_interest(loaded, Interest::READABLE) }
         .map_err(io::Error::from)?;
-    let halt = read_loop(&mut session, &mut ring, &mut signals, config.duration).await;
+    let halt = read_loop(
+        &mut session,
+        &mut ring,
+        &mut signals,
+        &mut changes,
+        config.duration,
+    )
+    .await;
     let loaded = ring.get_mut();
     match halt {
         Halt::Stop(Stop::StdoutClosed) => Ok(Stop::StdoutClosed),
@@ -303,6 +547,7 @@ async fn read_loop(
     session: &mut Session,
     ring: &mut AsyncFd<Loaded>,
     signals: &mut Signals,
+    changes: &mut mpsc::Receiver<UnitChange>,
     duration: Option<Duration>,
 ) -> Halt {
     let deadline = duration.map(|d| Instant::now() + d);
@@ -335,6 +580,7 @@ async fn read_loop(
                     if stdout_closed() { Err(Halt::Stop(Stop::StdoutClosed)) } else { Ok(()) }
                 })
             }
+            Some(change) = changes.recv() => session.unit_change(change),
             _ = until_deadline => Err(Halt::Stop(Stop::Duration)),
             _ = signals.recv() => Err(Halt::Stop(Stop::Signal)),
         };

@@ -67,8 +67,11 @@ pub mod watch {
     pub const LISTEN_FDS: u32 = 1;
     /// An ancestor was watched when it forked.
     pub const INHERITED: u32 = 2;
-    /// Userspace put it there (`--pid`, or the start-up snapshot).
+    /// Userspace put it there for `--pid` (it and its descendants).
     pub const SELECTED: u32 = 4;
+    /// The start-up snapshot put it there: a process of a socket-activated unit, or one
+    /// holding a systemd listener, that already ran.
+    pub const SNAPSHOT: u32 = 8;
 }
 
 pub const COMM_LEN: usize = 16;

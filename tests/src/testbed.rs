@@ -52,7 +52,10 @@ impl Container {
     pub fn boot(name: &str, ports: usize) -> Container {
         require_root();
         let lower = rootfs();
-        let work = std::env::temp_dir().join(format!("sockact-{name}-{}", std::process::id()));
+        static BOOTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BOOTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{name}-{}-{n}", std::process::id());
+        let work = std::env::temp_dir().join(format!("sockact-{id}"));
         let _ = fs::remove_dir_all(&work);
         let (upper, ovl_work, merged) = (work.join("upper"), work.join("work"), work.join("root"));
         for d in [&upper, &ovl_work, &merged] {
@@ -85,7 +88,7 @@ impl Container {
                 "--quiet",
                 "--console=passive",
             ])
-            .arg(format!("--machine=sockact-{name}"))
+            .arg(format!("--machine=sockact-{id}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

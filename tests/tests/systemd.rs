@@ -6,7 +6,10 @@ use std::{
     time::Duration,
 };
 
-use sockact_tests::{Trace, of, testbed::Container};
+use std::process::Command;
+
+use serde_json::Value;
+use sockact_tests::{Trace, of, testbed::Container, trace_bin};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -65,4 +68,186 @@ fn healthy_activation_is_seen_with_namespace_aware_pids() {
             "no accept on {port}: {accepts:?}"
         );
     }
+}
+
+fn units_of<'a>(lines: &'a [Value], unit: &str, change: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|v| v["kind"] == "unit" && v["unit"] == unit && v["change"] == change)
+        .collect()
+}
+
+#[test]
+fn unit_selector_resolves_both_sockets_attributes_and_follows_a_restart() {
+    let c = Container::boot("healthy", 2);
+    let bus = c.bus_address();
+    let mut trace = Trace::start(&["--unit", "echo", "--systemd-bus", &bus]);
+    let (p1, p2) = (
+        format!("127.0.0.1:{}", c.port(1)),
+        format!("127.0.0.1:{}", c.port(2)),
+    );
+    assert_eq!(ask(c.port(1)), "echo");
+    let pid = c.main_pid("echo.service");
+    trace.wait_for(WAIT, |v| v["kind"] == "accept" && v["pid"] == pid);
+    c.systemctl_ok(&["restart", "echo.service"]);
+    trace.wait_for(WAIT, |v| {
+        v["kind"] == "unit" && v["unit"] == "echo.service" && v["change"] == "restarted"
+    });
+    let lines = trace.stop();
+
+    // The stream opens with the resolution: the service and both socket units.
+    assert_eq!(units_of(&lines, "echo.service", "resolved").len(), 1);
+    let echo = units_of(&lines, "echo.socket", "resolved");
+    assert_eq!(echo.len(), 1, "{lines:?}");
+    assert_eq!(echo[0]["listen"], serde_json::json!([p1]));
+    assert_eq!(echo[0]["fd_names"], serde_json::json!(["echo"]));
+    assert_eq!(echo[0]["accept"], false);
+    let admin = units_of(&lines, "echo-admin.socket", "resolved");
+    assert_eq!(admin[0]["listen"], serde_json::json!([p2]));
+
+    // systemd's listeners, found by the snapshot, with the socket unit that owns each.
+    for (addr, unit) in [(&p1, "echo.socket"), (&p2, "echo-admin.socket")] {
+        let l = lines
+            .iter()
+            .find(|v| v["kind"] == "listener" && v["addr"] == addr.as_str())
+            .unwrap_or_else(|| panic!("no listener {addr}: {lines:?}"));
+        assert_eq!(l["action"], "existing");
+        assert_eq!(l["socket_unit"], unit);
+        assert!(l["inode"].as_u64().unwrap() > 0);
+    }
+
+    let exec = of(&lines, "exec", pid);
+    let exec = exec
+        .iter()
+        .find(|v| v["listen_fds"] == 2)
+        .unwrap_or_else(|| panic!("no activation of {pid}: {lines:?}"));
+    assert_eq!(exec["unit"], "echo.service");
+    assert_eq!(exec["listen_pid"], exec["ns_pid"]);
+    assert!(
+        exec.get("socket_unit").is_none(),
+        "two socket units: none on process events"
+    );
+    let accept = of(&lines, "accept", pid);
+    assert_eq!(accept[0]["unit"], "echo.service");
+    assert_eq!(accept[0]["socket_unit"], "echo.socket");
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["kind"] != "exec" || v["unit"] == "echo.service"),
+        "only the selected unit is traced"
+    );
+}
+
+#[test]
+fn without_a_selector_a_trace_started_after_activation_attributes_accepts() {
+    let c = Container::boot("healthy", 2);
+    // Activated before the trace starts: the snapshot must find the running service.
+    assert_eq!(ask(c.port(1)), "echo");
+    let pid = c.main_pid("echo.service");
+    // systemd's private socket, peer-to-peer, as DESIGN.md's example.
+    let private = format!("unix:path=/proc/{}/root/run/systemd/private", c.leader());
+    let mut trace = Trace::start(&["--systemd-bus", &private]);
+    assert_eq!(ask(c.port(1)), "echo");
+    assert_eq!(ask(c.port(2)), "admin");
+    trace.wait_for(WAIT, |v| {
+        v["kind"] == "accept" && v["listener"] == format!("127.0.0.1:{}", c.port(2))
+    });
+    let lines = trace.stop();
+    let accepts = of(&lines, "accept", pid);
+    assert_eq!(accepts.len(), 2, "{lines:?}");
+    for a in &accepts {
+        assert_eq!(a["unit"], "echo.service");
+        assert_ne!(a["ns_pid"], a["pid"]);
+    }
+    assert_eq!(accepts[0]["socket_unit"], "echo.socket");
+    assert_eq!(accepts[1]["socket_unit"], "echo-admin.socket");
+}
+
+#[test]
+fn accept_yes_instances_belong_to_their_socket_unit() {
+    let c = Container::boot("accept-yes", 1);
+    let bus = c.bus_address();
+    let mut trace = Trace::start(&["--unit", "hello.socket", "--systemd-bus", &bus]);
+    assert_eq!(ask(c.port(1)), "hello");
+    assert_eq!(ask(c.port(1)), "hello");
+    trace.wait_for(WAIT, |v| {
+        v["kind"] == "exit" && v["unit"].as_str().is_some_and(|u| u.starts_with("hello@"))
+    });
+    let lines = trace.stop();
+    let execs: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["kind"] == "exec" && v["listen_fdnames"] == serde_json::json!(["connection"]))
+        .collect();
+    assert!(execs.len() >= 2, "one instance per connection: {lines:?}");
+    for e in execs {
+        assert!(e["unit"].as_str().unwrap().starts_with("hello@"), "{e}");
+        assert_eq!(e["socket_unit"], "hello.socket");
+        assert_eq!(e["listen_fds"], 1);
+    }
+}
+
+#[test]
+fn unknown_units_and_unreachable_buses_say_what_to_do_in_one_line() {
+    let c = Container::boot("healthy", 2);
+    let bus = c.bus_address();
+    let run = |args: &[&str]| {
+        Command::new(trace_bin())
+            .args(args)
+            .args(["--duration", "1"])
+            .output()
+            .expect("running sockact-trace")
+    };
+    let out = run(&["--unit", "ecko", "--systemd-bus", &bus]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let named = stderr
+        .split("socket units: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no socket units named: {stderr}"));
+    assert!(stderr.contains("no unit ecko;"), "{stderr}");
+    assert!(
+        named.starts_with("echo.socket, "),
+        "the most similar first: {stderr}"
+    );
+    assert_eq!(named.split(", ").count(), 3, "{stderr}");
+
+    let out = run(&["--unit", "systemd-hostnamed", "--systemd-bus", &bus]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("systemd-hostnamed.service is not socket-activated"),
+        "{stderr}"
+    );
+
+    let out = run(&[
+        "--unit",
+        "echo",
+        "--systemd-bus",
+        "unix:path=/nonexistent/bus",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--unit needs systemd") && stderr.contains("--systemd-bus"),
+        "{stderr}"
+    );
+
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args(["--bounding-set=-all"])
+        .arg(trace_bin())
+        .args(["--unit", "echo", "--systemd-bus", &bus, "--duration", "1"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
 }

@@ -122,3 +122,61 @@ mod tests {
         assert_eq!(template_socket_of("echo.service"), None);
     }
 }
+
+/// What a unit change means: a new invocation is a start (or a restart when there was one
+/// before); otherwise the active state says stopped, started or just a state change.
+pub fn classify(
+    prev_active: &str,
+    prev_invocation: &str,
+    active: Option<&str>,
+    invocation: Option<&str>,
+) -> &'static str {
+    if let Some(inv) = invocation
+        && !inv.is_empty()
+        && inv != prev_invocation
+    {
+        return if prev_invocation.is_empty() {
+            "started"
+        } else {
+            "restarted"
+        };
+    }
+    match active {
+        Some("active") if prev_active != "active" => "started",
+        Some(s @ ("inactive" | "failed")) if prev_active != s => "stopped",
+        _ => "state",
+    }
+}
+
+#[cfg(test)]
+mod classify_tests {
+    use super::classify;
+
+    #[test]
+    fn changes() {
+        assert_eq!(
+            classify("inactive", "", Some("activating"), Some("ab")),
+            "started"
+        );
+        assert_eq!(
+            classify("active", "ab", Some("activating"), Some("cd")),
+            "restarted"
+        );
+        assert_eq!(
+            classify("active", "ab", Some("deactivating"), None),
+            "state"
+        );
+        assert_eq!(
+            classify("deactivating", "ab", Some("inactive"), None),
+            "stopped"
+        );
+        assert_eq!(
+            classify("activating", "ab", Some("active"), None),
+            "started"
+        );
+        assert_eq!(
+            classify("active", "ab", Some("active"), Some("ab")),
+            "state"
+        );
+    }
+}

@@ -62,9 +62,141 @@ impl ReadHalf for Rewriting {
     }
 }
 
+/// The PID whose root a `/proc/PID/root/...` path goes through.
+pub fn proc_root_pid(path: &str) -> Option<u32> {
+    path.strip_prefix("/proc/")?
+        .split_once("/root/")?
+        .0
+        .parse()
+        .ok()
+}
+
+/// Connects to a unix socket from inside the PID namespace of `pid`. systemd refuses private
+/// connections from a peer whose PID it cannot see (SO_PEERCRED gives pid 0 across PID
+/// namespaces), so a child forked into that namespace connects and hands the fd back.
+fn connect_in_pidns(path: &str, pid: u32) -> io::Result<OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    let target = std::fs::File::open(format!("/proc/{pid}/ns/pid"))?;
+    let own = std::fs::File::open("/proc/self/ns/pid")?;
+    let (ours, theirs) = std::os::unix::net::UnixDatagram::pair()?;
+    // Everything the child needs is prepared before fork: it only makes syscalls.
+    // SAFETY: sockaddr_un is plain data; zeroed is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_bytes();
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: plain syscalls; setns(CLONE_NEWPID) only changes the namespace of this thread's
+    // future children, and is undone right after the fork.
+    unsafe {
+        if libc::setns(target.as_raw_fd(), libc::CLONE_NEWPID) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let child = libc::fork();
+        if child == 0 {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            let ok = fd >= 0
+                && libc::connect(
+                    fd,
+                    &addr as *const _ as *const libc::sockaddr,
+                    size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                ) == 0
+                && send_fd(theirs.as_raw_fd(), fd);
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        let restored = libc::setns(own.as_raw_fd(), libc::CLONE_NEWPID);
+        if child < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut status = 0;
+        libc::waitpid(child, &mut status, 0);
+        if restored != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        drop(theirs);
+        match recv_fd(ours.as_raw_fd()) {
+            Some(fd) => Ok(OwnedFd::from_raw_fd(fd)),
+            None => Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("connecting to {path} from the PID namespace of {pid} failed"),
+            )),
+        }
+    }
+}
+
+const CMSG_SPACE_FD: usize = 24;
+
+/// Sends one fd over a unix socket (SCM_RIGHTS); async-signal-safe.
+unsafe fn send_fd(sock: i32, fd: i32) -> bool {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let mut control = [0u8; CMSG_SPACE_FD];
+    // SAFETY: msghdr is plain data; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = control.len();
+    // SAFETY: the control buffer has room for one cmsg with one fd.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fd);
+        libc::sendmsg(sock, &msg, 0) == 1
+    }
+}
+
+/// Receives one fd sent with [`send_fd`].
+unsafe fn recv_fd(sock: i32) -> Option<i32> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    let mut control = [0u8; CMSG_SPACE_FD];
+    // SAFETY: as in send_fd.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = control.len();
+    // SAFETY: the kernel fills at most the buffers given; the cmsg is checked before use.
+    unsafe {
+        if libc::recvmsg(sock, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) != 1 {
+            return None;
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return None;
+        }
+        Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const i32))
+    }
+}
+
 /// A peer-to-peer connection to systemd's private socket at `path`.
 pub async fn connect(path: &str) -> zbus::Result<zbus::Connection> {
-    let stream = tokio::net::UnixStream::connect(path).await?;
+    let stream = match proc_root_pid(path) {
+        Some(pid) => {
+            let fd = connect_in_pidns(path, pid)?;
+            let std = std::os::unix::net::UnixStream::from(fd);
+            std.set_nonblocking(true)?;
+            tokio::net::UnixStream::from_std(std)?
+        }
+        None => tokio::net::UnixStream::connect(path).await?,
+    };
     let (read, write) = stream.into_split();
     let split: BoxedSplit = Split::new(
         Box::new(Rewriting(read)) as Box<dyn ReadHalf>,
@@ -103,5 +235,7 @@ mod tests {
             Some("/run/systemd/private")
         );
         assert_eq!(unix_path("tcp:host=x"), None);
+        assert_eq!(proc_root_pid("/proc/42/root/run/systemd/private"), Some(42));
+        assert_eq!(proc_root_pid("/run/systemd/private"), None);
     }
 }
