@@ -191,34 +191,35 @@ impl Session {
     /// current.
     fn unit_change(&mut self, c: UnitChange) -> Result<(), Halt> {
         let catalog = &mut self.attribution.catalog;
-        let (prev_active, prev_invocation) = if let Some(s) = catalog.services.get(&c.unit) {
-            (s.active_state.clone(), s.invocation_id.clone())
-        } else if let Some(s) = catalog.sockets.get(&c.unit) {
-            (s.active_state.clone(), String::new())
-        } else {
-            return Ok(());
-        };
-        let change = classify(
-            &prev_active,
-            &prev_invocation,
-            c.active_state.as_deref(),
-            c.invocation_id.as_deref(),
-        );
         let unit = if let Some(s) = catalog.services.get_mut(&c.unit) {
+            let (prev_active, prev_sub) = (s.active_state.clone(), s.sub_state.clone());
+            if let Some(v) = &c.invocation_id {
+                s.invocation_id = v.clone();
+            }
+            let change = classify(
+                &prev_active,
+                c.active_state.as_deref(),
+                &s.started_invocation,
+                &s.invocation_id,
+            );
+            if change == "started" || change == "restarted" {
+                s.started_invocation = s.invocation_id.clone();
+            }
             if let Some(v) = &c.active_state {
                 s.active_state = v.clone();
             }
             if let Some(v) = &c.sub_state {
                 s.sub_state = v.clone();
             }
-            if let Some(v) = &c.invocation_id {
-                s.invocation_id = v.clone();
-            }
             if let Some(v) = c.main_pid {
                 s.main_pid = v;
             }
             if let Some(v) = c.n_restarts {
                 s.n_restarts = v;
+            }
+            if change == "state" && s.active_state == prev_active && s.sub_state == prev_sub {
+                // Other properties changed: not worth a line.
+                return Ok(());
             }
             Unit {
                 unit: s.name.clone(),
@@ -230,13 +231,17 @@ impl Session {
                 invocation_id: (!s.invocation_id.is_empty()).then(|| s.invocation_id.clone()),
                 ..Default::default()
             }
-        } else {
-            let s = catalog.sockets.get_mut(&c.unit).expect("found above");
+        } else if let Some(s) = catalog.sockets.get_mut(&c.unit) {
+            let (prev_active, prev_sub) = (s.active_state.clone(), s.sub_state.clone());
+            let change = classify(&prev_active, c.active_state.as_deref(), "", "");
             if let Some(v) = &c.active_state {
                 s.active_state = v.clone();
             }
             if let Some(v) = &c.sub_state {
                 s.sub_state = v.clone();
+            }
+            if change == "state" && s.active_state == prev_active && s.sub_state == prev_sub {
+                return Ok(());
             }
             Unit {
                 unit: s.name.clone(),
@@ -245,6 +250,8 @@ impl Session {
                 sub_state: s.sub_state.clone(),
                 ..Default::default()
             }
+        } else {
+            return Ok(());
         };
         let e = self.meta(Data::Unit(unit));
         if self.selector.wants(&e, 0) {

@@ -1,50 +1,21 @@
-//! `cargo xtask demo`: a sample service under systemd-socket-activate, traced live. One instance
-//! takes the socket systemd-socket-activate passes it; another ignores it and binds the port
-//! itself, the double-bind every operator of socket activation meets once.
+//! `cargo xtask demo`: a real systemd (the test bed's container) with sample units, a healthy
+//! service with two socket units and a broken one that binds its port itself, traced live by
+//! sockact-trace while traffic runs; the container is powered off at the end.
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    process::{Child, Command, Stdio},
+    process::Command,
     thread::sleep,
     time::Duration,
 };
 
 use anyhow::{Context, bail};
+use sockact_tests::testbed::Container;
 
 use crate::{
-    setup,
+    rootfs, setup,
     util::{is_root, root, run_cmd},
 };
-
-const GOOD_PORT: u16 = 18080;
-const BAD_PORT: u16 = 18081;
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn activate(port: u16, script: &str) -> anyhow::Result<Killed> {
-    let dir = root().join("demo");
-    let child = Command::new("systemd-socket-activate")
-        .args([
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "--fdname=web",
-            "--",
-            "/usr/bin/python3",
-        ])
-        .arg(dir.join(script))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting systemd-socket-activate (package systemd)")?;
-    Ok(Killed(child))
-}
 
 fn request(port: u16) -> String {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
@@ -55,7 +26,7 @@ fn request(port: u16) -> String {
     let mut reply = String::new();
     let _ = s.read_to_string(&mut reply);
     if reply.is_empty() {
-        "no reply".into()
+        "no answer".into()
     } else {
         reply.trim().to_owned()
     }
@@ -63,9 +34,10 @@ fn request(port: u16) -> String {
 
 pub fn run() -> anyhow::Result<()> {
     if !is_root() {
-        bail!("the demo loads eBPF programs: run `sudo -E cargo xtask demo`");
+        bail!("the demo boots a container and loads eBPF programs: run `sudo -E cargo xtask demo`");
     }
     setup::run()?;
+    rootfs::ensure()?;
     let root = root();
     run_cmd(Command::new("cargo").current_dir(&root).args([
         "build",
@@ -73,26 +45,29 @@ pub fn run() -> anyhow::Result<()> {
         "sockact-agent",
         "--bins",
     ]))?;
-    eprintln!(
-        "demo: tracing every socket-activated process for 6 seconds (sockact-trace, no selector)"
-    );
+    eprintln!("demo: booting systemd with echo.socket, echo-admin.socket and broken.socket");
+    let c = Container::boot("demo", 3);
+    let bus = format!("unix:path=/proc/{}/root/run/systemd/private", c.leader());
+    eprintln!("demo: sockact-trace --systemd-bus {bus} (no selector: every socket-activated unit)");
     let mut trace = Command::new(root.join("target/debug/sockact-trace"))
-        .args(["--duration", "6", "--format", "text"])
+        .args(["--systemd-bus", &bus, "--duration", "8", "--format", "text"])
         .spawn()
         .context("starting sockact-trace")?;
     sleep(Duration::from_millis(1500));
-    let _good = activate(GOOD_PORT, "good_server.py")?;
-    let _bad = activate(BAD_PORT, "bad_server.py")?;
-    sleep(Duration::from_millis(300));
-    eprintln!("demo: client -> {GOOD_PORT}: {}", request(GOOD_PORT));
-    eprintln!("demo: client -> {BAD_PORT}: {}", request(BAD_PORT));
+    eprintln!("demo: client -> echo       {}", request(c.port(1)));
+    eprintln!("demo: client -> echo-admin {}", request(c.port(2)));
+    eprintln!("demo: client -> broken     {}", request(c.port(3)));
+    eprintln!("demo: systemctl restart echo.service");
+    c.systemctl_ok(&["restart", "echo.service"]);
+    sleep(Duration::from_millis(500));
+    eprintln!("demo: client -> echo       {}", request(c.port(1)));
     let status = trace.wait()?;
     if !status.success() {
         bail!("sockact-trace failed: {status}");
     }
     eprintln!(
-        "demo: the service on {BAD_PORT} got its socket in fd 3 (LISTEN_FDS=1) and bound the \
-         port itself: bind ... EADDRINUSE above."
+        "demo: broken.service got its socket as fd 3 (LISTEN_FDS=1) and bound the port itself: \
+         the bind ... EADDRINUSE line above; echo.service served both of its sockets."
     );
     Ok(())
 }

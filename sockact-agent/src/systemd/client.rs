@@ -201,14 +201,20 @@ impl Systemd {
         let mut unit = self.props(path, UNIT).await?;
         let mut s = self.props(path, SERVICE).await?;
         let invocation: Vec<u8> = take(&mut unit, "InvocationID").unwrap_or_default();
+        let active_state: String = take(&mut unit, "ActiveState").unwrap_or_default();
         Ok(ServiceUnit {
             name: name.to_owned(),
             main_pid: take(&mut s, "MainPID").unwrap_or_default(),
             control_group: take(&mut s, "ControlGroup").unwrap_or_default(),
             n_restarts: take(&mut s, "NRestarts").unwrap_or_default(),
-            active_state: take(&mut unit, "ActiveState").unwrap_or_default(),
             sub_state: take(&mut unit, "SubState").unwrap_or_default(),
             invocation_id: hex(&invocation),
+            started_invocation: if active_state == "active" {
+                hex(&invocation)
+            } else {
+                String::new()
+            },
+            active_state,
             triggered_by: take(&mut unit, "TriggeredBy").unwrap_or_default(),
         })
     }

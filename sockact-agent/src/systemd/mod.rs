@@ -35,6 +35,8 @@ pub struct ServiceUnit {
     pub sub_state: String,
     /// Hex, or empty before the first start.
     pub invocation_id: String,
+    /// The invocation that last reached `active` (tells a restart from a first start).
+    pub started_invocation: String,
     /// The socket units that trigger it.
     pub triggered_by: Vec<String>,
 }
@@ -123,26 +125,24 @@ mod tests {
     }
 }
 
-/// What a unit change means: a new invocation is a start (or a restart when there was one
-/// before); otherwise the active state says stopped, started or just a state change.
+/// What a unit change means. Reaching `active` is a start, or a restart when an earlier
+/// invocation had started (`started_invocation`, the invocation that last reached active,
+/// differs from the current one); reaching `inactive` or `failed` is a stop; anything else that
+/// moved is a state change.
 pub fn classify(
     prev_active: &str,
-    prev_invocation: &str,
     active: Option<&str>,
-    invocation: Option<&str>,
+    started_invocation: &str,
+    invocation: &str,
 ) -> &'static str {
-    if let Some(inv) = invocation
-        && !inv.is_empty()
-        && inv != prev_invocation
-    {
-        return if prev_invocation.is_empty() {
-            "started"
-        } else {
-            "restarted"
-        };
-    }
     match active {
-        Some("active") if prev_active != "active" => "started",
+        Some("active") if prev_active != "active" => {
+            if !started_invocation.is_empty() && started_invocation != invocation {
+                "restarted"
+            } else {
+                "started"
+            }
+        }
         Some(s @ ("inactive" | "failed")) if prev_active != s => "stopped",
         _ => "state",
     }
@@ -154,29 +154,21 @@ mod classify_tests {
 
     #[test]
     fn changes() {
+        // First start, then a restart (a new invocation reaches active).
+        assert_eq!(classify("activating", Some("active"), "", "ab"), "started");
         assert_eq!(
-            classify("inactive", "", Some("activating"), Some("ab")),
-            "started"
-        );
-        assert_eq!(
-            classify("active", "ab", Some("activating"), Some("cd")),
+            classify("activating", Some("active"), "ab", "cd"),
             "restarted"
         );
         assert_eq!(
-            classify("active", "ab", Some("deactivating"), None),
-            "state"
-        );
-        assert_eq!(
-            classify("deactivating", "ab", Some("inactive"), None),
+            classify("deactivating", Some("inactive"), "ab", "ab"),
             "stopped"
         );
         assert_eq!(
-            classify("activating", "ab", Some("active"), None),
-            "started"
-        );
-        assert_eq!(
-            classify("active", "ab", Some("active"), Some("ab")),
+            classify("active", Some("deactivating"), "ab", "ab"),
             "state"
         );
+        assert_eq!(classify("active", Some("active"), "ab", "ab"), "state");
+        assert_eq!(classify("failed", Some("failed"), "ab", "ab"), "state");
     }
 }
