@@ -26,7 +26,7 @@ use crate::{
     system::{self, SystemError},
     systemd::{
         Catalog, classify,
-        client::{Systemd, SystemdError, UnitChange},
+        client::{Systemd, SystemdError, UnitChange, Watched},
         resolve::{ResolveError, resolve},
     },
 };
@@ -185,6 +185,45 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Keeps the catalog current with what the watcher saw.
+    fn watched(&mut self, w: Watched) -> Result<(), Halt> {
+        match w {
+            Watched::Changed(c) => {
+                let catalog = &mut self.attribution.catalog;
+                // A service of a socket unit that appeared after the start.
+                if !catalog.services.contains_key(&c.unit)
+                    && catalog
+                        .sockets
+                        .values()
+                        .any(|s| s.triggers.contains(&c.unit))
+                {
+                    catalog.services.insert(
+                        c.unit.clone(),
+                        crate::systemd::ServiceUnit {
+                            name: c.unit.clone(),
+                            ..Default::default()
+                        },
+                    );
+                }
+                self.unit_change(c)
+            }
+            Watched::NewSocket(mut s) => {
+                // The states stay what the last change said, so that the change that follows
+                // is classified against them (a new socket unit starts from nothing).
+                let known = self.attribution.catalog.sockets.get(&s.name);
+                s.active_state = known.map(|k| k.active_state.clone()).unwrap_or_default();
+                s.sub_state = known.map(|k| k.sub_state.clone()).unwrap_or_default();
+                self.attribution.catalog.sockets.insert(s.name.clone(), s);
+                Ok(())
+            }
+            // Services are kept: systemd unloads an inactive one and loads it again later.
+            Watched::Removed(name) => {
+                self.attribution.catalog.sockets.remove(&name);
+                Ok(())
+            }
+        }
     }
 
     /// Emits a `unit` event for a change of a unit sockact follows, and keeps the catalog
@@ -554,7 +593,7 @@ async fn read_loop(
     session: &mut Session,
     ring: &mut AsyncFd<Loaded>,
     signals: &mut Signals,
-    changes: &mut mpsc::Receiver<UnitChange>,
+    changes: &mut mpsc::Receiver<Watched>,
     duration: Option<Duration>,
 ) -> Halt {
     let deadline = duration.map(|d| Instant::now() + d);
@@ -587,7 +626,7 @@ async fn read_loop(
                     if stdout_closed() { Err(Halt::Stop(Stop::StdoutClosed)) } else { Ok(()) }
                 })
             }
-            Some(change) = changes.recv() => session.unit_change(change),
+            Some(watched) = changes.recv() => session.watched(watched),
             _ = until_deadline => Err(Halt::Stop(Stop::Duration)),
             _ = signals.recv() => Err(Halt::Stop(Stop::Signal)),
         };

@@ -251,3 +251,36 @@ fn unknown_units_and_unreachable_buses_say_what_to_do_in_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
 }
+
+#[test]
+fn a_socket_unit_that_appears_during_the_trace_is_followed() {
+    let c = Container::boot("healthy", 3);
+    let bus = c.bus_address();
+    let mut trace = Trace::start(&["--systemd-bus", &bus]);
+    let install = c.exec(&[
+        "sh",
+        "-c",
+        "cp /opt/sockact/healthy/late.socket.in /etc/systemd/system/late.socket && \
+         cp /opt/sockact/healthy/late.service.in /etc/systemd/system/late.service && \
+         systemctl daemon-reload && systemctl start late.socket",
+    ]);
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    trace.wait_for(WAIT, |v| {
+        v["kind"] == "unit" && v["unit"] == "late.socket" && v["active_state"] == "active"
+    });
+    assert_eq!(ask(c.port(3)), "late");
+    let accept = trace.wait_for(WAIT, |v| {
+        v["kind"] == "accept" && v["listener"] == format!("127.0.0.1:{}", c.port(3))
+    });
+    let lines = trace.stop();
+    let late: Vec<&Value> = lines.iter().filter(|v| v["kind"] == "unit").collect();
+    assert_eq!(accept["unit"], "late.service", "{late:?}");
+    assert_eq!(
+        accept["socket_unit"], "late.socket",
+        "learnt from UnitNew: {late:?}"
+    );
+}

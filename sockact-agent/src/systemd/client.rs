@@ -268,13 +268,16 @@ impl Systemd {
         Ok(catalog)
     }
 
-    /// Forwards unit changes until the connection ends.
-    pub async fn watch(self, tx: mpsc::Sender<UnitChange>) -> Result<(), SystemdError> {
+    /// Forwards unit changes until the connection ends: PropertiesChanged of units, and the
+    /// Manager's UnitNew (a socket unit that appears is read), UnitRemoved and JobRemoved (a
+    /// finished job re-reads its unit: MainPID and NRestarts change without a signal of their
+    /// own on older systemd).
+    pub async fn watch(self, tx: mpsc::Sender<Watched>) -> Result<(), SystemdError> {
         let call = |source| SystemdError::Call {
-            what: "unit changes (PropertiesChanged)".into(),
+            what: "unit changes (signals)".into(),
             source,
         };
-        let rule = MatchRule::builder()
+        let props_rule = MatchRule::builder()
             .msg_type(MessageType::Signal)
             .interface("org.freedesktop.DBus.Properties")
             .map_err(call)?
@@ -283,53 +286,133 @@ impl Systemd {
             .path_namespace(UNIT_PATH_PREFIX.trim_end_matches('/'))
             .map_err(call)?
             .build();
-        let mut stream = MessageStream::for_match_rule(rule, &self.conn, Some(256))
+        let manager_rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .interface(MANAGER)
+            .map_err(call)?
+            .path(PATH)
+            .map_err(call)?
+            .build();
+        let props = MessageStream::for_match_rule(props_rule, &self.conn, Some(256))
             .await
             .map_err(call)?;
+        let manager = MessageStream::for_match_rule(manager_rule, &self.conn, Some(256))
+            .await
+            .map_err(call)?;
+        let mut stream = futures_util::stream::select(props, manager);
         while let Some(msg) = stream.next().await {
             let Ok(msg) = msg else { continue };
-            let Some(signal) = zbus::fdo::PropertiesChanged::from_message(msg.clone()) else {
-                continue;
+            let header = msg.header();
+            let member = header
+                .member()
+                .map(|m| m.as_str().to_owned())
+                .unwrap_or_default();
+            let watched = match member.as_str() {
+                "PropertiesChanged" => match properties_changed(&msg) {
+                    Some(change) => {
+                        // A socket unit that starts is read again: one that UnitNew announced
+                        // before it was loaded has its Listen addresses only now.
+                        if change.unit.ends_with(".socket")
+                            && change.active_state.is_some()
+                            && let Ok(Some(path)) = self.load(&change.unit).await
+                            && let Ok(socket) = self.socket(&change.unit, &path).await
+                            && tx.send(Watched::NewSocket(socket)).await.is_err()
+                        {
+                            break;
+                        }
+                        Watched::Changed(change)
+                    }
+                    None => continue,
+                },
+                "UnitNew" => {
+                    let Ok((name, path)) = msg.body().deserialize::<(String, OwnedObjectPath)>()
+                    else {
+                        continue;
+                    };
+                    if !name.ends_with(".socket") {
+                        continue;
+                    }
+                    match self.socket(&name, &path).await {
+                        Ok(socket) => Watched::NewSocket(socket),
+                        Err(_) => continue,
+                    }
+                }
+                "UnitRemoved" => match msg.body().deserialize::<(String, OwnedObjectPath)>() {
+                    Ok((name, _)) => Watched::Removed(name),
+                    Err(_) => continue,
+                },
+                "JobRemoved" => {
+                    let Ok((_, _, name, _)) = msg
+                        .body()
+                        .deserialize::<(u32, OwnedObjectPath, String, String)>()
+                    else {
+                        continue;
+                    };
+                    if !name.ends_with(".service") {
+                        continue;
+                    }
+                    let Ok(Some(path)) = self.load(&name).await else {
+                        continue;
+                    };
+                    match self.service(&name, &path).await {
+                        Ok(s) => Watched::Changed(UnitChange {
+                            unit: name,
+                            active_state: Some(s.active_state),
+                            sub_state: Some(s.sub_state),
+                            invocation_id: Some(s.invocation_id),
+                            main_pid: Some(s.main_pid),
+                            n_restarts: Some(s.n_restarts),
+                        }),
+                        Err(_) => continue,
+                    }
+                }
+                _ => continue,
             };
-            let Ok(args) = signal.args() else { continue };
-            let Some(unit) = msg
-                .header()
-                .path()
-                .and_then(|p| unit_name_of_path(p.as_str()))
-            else {
-                continue;
-            };
-            let iface = args.interface_name().as_str();
-            if iface != UNIT && iface != SERVICE {
-                continue;
-            }
-            let mut props: Props = args
-                .changed_properties()
-                .iter()
-                .filter_map(|(k, v)| Some((k.to_string(), v.try_to_owned().ok()?)))
-                .collect();
-            let change = UnitChange {
-                unit,
-                active_state: take(&mut props, "ActiveState"),
-                sub_state: take(&mut props, "SubState"),
-                invocation_id: take::<Vec<u8>>(&mut props, "InvocationID").map(|b| hex(&b)),
-                main_pid: take(&mut props, "MainPID"),
-                n_restarts: take(&mut props, "NRestarts"),
-            };
-            if change
-                == (UnitChange {
-                    unit: change.unit.clone(),
-                    ..Default::default()
-                })
-            {
-                continue;
-            }
-            if tx.send(change).await.is_err() {
+            if tx.send(watched).await.is_err() {
                 break;
             }
         }
         Ok(())
     }
+}
+
+/// What the watcher reports.
+#[derive(Clone, Debug)]
+pub enum Watched {
+    Changed(UnitChange),
+    NewSocket(SocketUnit),
+    Removed(String),
+}
+
+fn properties_changed(msg: &zbus::Message) -> Option<UnitChange> {
+    let signal = zbus::fdo::PropertiesChanged::from_message(msg.clone())?;
+    let args = signal.args().ok()?;
+    let unit = msg
+        .header()
+        .path()
+        .and_then(|p| unit_name_of_path(p.as_str()))?;
+    let iface = args.interface_name().as_str();
+    if iface != UNIT && iface != SERVICE {
+        return None;
+    }
+    let mut props: Props = args
+        .changed_properties()
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_string(), v.try_to_owned().ok()?)))
+        .collect();
+    let change = UnitChange {
+        unit,
+        active_state: take(&mut props, "ActiveState"),
+        sub_state: take(&mut props, "SubState"),
+        invocation_id: take::<Vec<u8>>(&mut props, "InvocationID").map(|b| hex(&b)),
+        main_pid: take(&mut props, "MainPID"),
+        n_restarts: take(&mut props, "NRestarts"),
+    };
+    let empty = UnitChange {
+        unit: change.unit.clone(),
+        ..Default::default()
+    };
+    (change != empty).then_some(change)
 }
 
 #[cfg(test)]
