@@ -15,7 +15,7 @@ use tokio::{
 use crate::{
     cli::TraceConfig,
     clock::Clock,
-    correlate::{Attribution, proc_cgroup, snapshot},
+    correlate::{Attribution, proc_cgroup, snapshot, sock_diag},
     decode,
     ebpf::{self, Counters, LoadOptions, Loaded},
     events::{Agent, Data, Event, Listener, Lost, SCHEMA_VERSION, Unit},
@@ -440,13 +440,23 @@ fn snapshot(catalog: &Catalog, loaded: &mut Loaded) -> Result<Vec<Listener>, Tra
         "snapshot: {} processes of socket-activated units",
         pids.len()
     );
+    // The kernel's own figures for TCP listeners: the effective backlog (systemd's Backlog=
+    // capped by net.core.somaxconn) and the drop counter.
+    let diag: std::collections::HashMap<u64, sock_diag::DiagListener> =
+        match sock_diag::tcp_listeners() {
+            Ok(all) => all.into_iter().map(|d| (d.inode, d)).collect(),
+            Err(e) => {
+                tracing::warn!("sock_diag: {e}: listener backlogs unknown");
+                Default::default()
+            }
+        };
     Ok(listeners
         .into_iter()
-        .map(|(unit, backlog, l)| Listener {
+        .map(|(unit, _, l)| Listener {
             action: "existing".into(),
+            backlog: diag.get(&l.inode).map(|d| d.backlog),
             addr: l.addr,
             family: l.family.into(),
-            backlog: Some(backlog),
             inode: Some(l.inode),
             socket_unit: Some(unit.to_owned()),
         })

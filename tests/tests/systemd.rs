@@ -115,6 +115,21 @@ fn unit_selector_resolves_both_sockets_attributes_and_follows_a_restart() {
         assert_eq!(l["socket_unit"], unit);
         assert!(l["inode"].as_u64().unwrap() > 0);
     }
+    // The kernel's effective backlog: Backlog=16 as configured; the default capped by somaxconn.
+    let backlog = |addr: &str| {
+        lines
+            .iter()
+            .find(|v| v["kind"] == "listener" && v["addr"] == addr)
+            .map(|v| v["backlog"].as_u64().expect("a backlog from sock_diag"))
+            .unwrap()
+    };
+    assert_eq!(backlog(&p2), 16);
+    let somaxconn: u64 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(backlog(&p1), somaxconn);
 
     let exec = of(&lines, "exec", pid);
     let exec = exec

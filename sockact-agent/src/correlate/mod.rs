@@ -2,6 +2,7 @@
 //! listener, from what systemd said (the catalog) and what /proc says. Pure but for the cgroup
 //! lookup, which is handed in.
 pub mod snapshot;
+pub mod sock_diag;
 
 use std::collections::HashMap;
 
