@@ -244,12 +244,7 @@ impl Session {
             if change == "started" || change == "restarted" {
                 s.started_invocation = s.invocation_id.clone();
             }
-            if let Some(v) = &c.active_state {
-                s.active_state = v.clone();
-            }
-            if let Some(v) = &c.sub_state {
-                s.sub_state = v.clone();
-            }
+            apply_states(&mut s.active_state, &mut s.sub_state, &c);
             if let Some(v) = c.main_pid {
                 s.main_pid = v;
             }
@@ -273,12 +268,7 @@ impl Session {
         } else if let Some(s) = catalog.sockets.get_mut(&c.unit) {
             let (prev_active, prev_sub) = (s.active_state.clone(), s.sub_state.clone());
             let change = classify(&prev_active, c.active_state.as_deref(), "", "");
-            if let Some(v) = &c.active_state {
-                s.active_state = v.clone();
-            }
-            if let Some(v) = &c.sub_state {
-                s.sub_state = v.clone();
-            }
+            apply_states(&mut s.active_state, &mut s.sub_state, &c);
             if change == "state" && s.active_state == prev_active && s.sub_state == prev_sub {
                 return Ok(());
             }
@@ -335,6 +325,16 @@ impl Session {
             self.emit(e)?;
         }
         Ok(())
+    }
+}
+
+/// Takes the active and sub states a change carries.
+fn apply_states(active: &mut String, sub: &mut String, c: &UnitChange) {
+    if let Some(v) = &c.active_state {
+        active.clone_from(v);
+    }
+    if let Some(v) = &c.sub_state {
+        sub.clone_from(v);
     }
 }
 
