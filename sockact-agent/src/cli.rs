@@ -2,7 +2,7 @@
 //! [`TraceConfig`].
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::output::Format;
 
@@ -51,6 +51,19 @@ pub struct Cli {
     /// More diagnostics on stderr (-v, -vv).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the detectors over a recorded NDJSON stream (no root needed).
+    Replay {
+        /// The recorded stream, or - for stdin.
+        #[arg(value_name = "FILE|-")]
+        file: String,
+    },
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

@@ -54,6 +54,7 @@ pub enum Data {
     Shutdown(Shutdown),
     Listener(Listener),
     Unit(Unit),
+    Finding(Finding),
     Lost(Lost),
     Agent(Agent),
 }
@@ -71,6 +72,7 @@ impl Data {
             Data::Shutdown(_) => "shutdown",
             Data::Listener(_) => "listener",
             Data::Unit(_) => "unit",
+            Data::Finding(_) => "finding",
             Data::Lost(_) => "lost",
             Data::Agent(_) => "agent",
         }
@@ -249,6 +251,27 @@ pub struct Unit {
     pub backlog: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fd_names: Option<Vec<String>>,
+}
+
+/// What a detector concluded, with the events that prove it (DESIGN.md, "Findings").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Finding {
+    pub rule: String,
+    /// `info`, `warning` or `error`.
+    pub severity: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub socket_unit: Option<String>,
+    /// One sentence, plain words.
+    pub message: String,
+    /// What to change in the unit or the app.
+    pub hint: String,
+    /// Complete event objects, at most 16.
+    pub evidence: Vec<serde_json::Value>,
+    /// The rule's figures.
+    #[serde(flatten)]
+    pub figures: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -14,6 +14,7 @@ fn colour(kind: &str) -> &'static str {
         "accept" | "connect" => "\x1b[32m",
         "shutdown" | "lost" => "\x1b[31m",
         "unit" | "listener" => "\x1b[35m",
+        "finding" => "\x1b[1;31m",
         _ => "\x1b[2m",
     }
 }
@@ -131,6 +132,14 @@ fn details(d: &Data) -> String {
             }
             s
         }
+        Data::Finding(x) => format!(
+            "{} {} {}: {} hint: {}",
+            x.severity.to_uppercase(),
+            x.rule,
+            x.unit.as_deref().unwrap_or("?"),
+            x.message,
+            x.hint
+        ),
         Data::Lost(x) => format!("{} events lost ({})", x.count, x.cause),
         Data::Agent(x) => {
             let mut s = format!("{} {}", x.action, x.version);

@@ -131,6 +131,7 @@ struct Session {
     host: String,
     selector: Selector,
     attribution: Attribution,
+    engine: crate::detect::Engine,
     received: u64,
     undecodable: u64,
     reported: Reported,
@@ -173,7 +174,9 @@ impl Session {
                     let mut event = record.to_event(&self.clock, &self.host);
                     self.attribution.enrich(&mut event, &proc_cgroup);
                     if self.selector.wants(&event, record.header().watch) {
+                        let findings = self.engine.observe(&event);
                         self.emit(event)?;
+                        self.findings(findings)?;
                     }
                 }
                 Err(e) => {
@@ -183,6 +186,21 @@ impl Session {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Emits an event the detectors must see too (units, listeners).
+    fn publish(&mut self, e: Event) -> Result<(), Halt> {
+        let findings = self.engine.observe(&e);
+        self.emit(e)?;
+        self.findings(findings)
+    }
+
+    fn findings(&mut self, findings: Vec<crate::events::Finding>) -> Result<(), Halt> {
+        for f in findings {
+            let e = self.meta(Data::Finding(f));
+            self.emit(e)?;
         }
         Ok(())
     }
@@ -284,7 +302,7 @@ impl Session {
         };
         let e = self.meta(Data::Unit(unit));
         if self.selector.wants(&e, 0) {
-            self.emit(e)?;
+            self.publish(e)?;
         }
         Ok(())
     }
@@ -509,6 +527,7 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
         host: system::hostname(),
         selector,
         attribution: Attribution::new(catalog),
+        engine: Default::default(),
         received: 0,
         undecodable: 0,
         reported: Reported::default(),
@@ -521,7 +540,7 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     }
     for unit in resolved {
         let e = session.meta(Data::Unit(unit));
-        if let Err(halt) = session.emit(e) {
+        if let Err(halt) = session.publish(e) {
             return finish_early(halt);
         }
     }
@@ -560,7 +579,7 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     for listener in existing {
         let e = session.meta(Data::Listener(listener));
         if session.selector.wants(&e, 0)
-            && let Err(halt) = session.emit(e)
+            && let Err(halt) = session.publish(e)
         {
             return finish_early(halt);
         }
@@ -655,6 +674,8 @@ async fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Halt> 
     session.drain(loaded)?;
     let counters = loaded.counters();
     session.report_lost(&counters)?;
+    let pending = session.engine.flush();
+    session.findings(pending)?;
     let mut stop = session.agent("stop");
     stop.submitted = Some(counters.submitted);
     stop.lost = Some(counters.lost);

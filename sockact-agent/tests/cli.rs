@@ -47,3 +47,36 @@ fn help_lists_the_selectors_and_exits_0() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn replay_needs_no_root_and_finds_the_recorded_double_bind() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/double_bind_in_use.ndjson"
+    );
+    let out = trace(&["replay", fixture, "--format", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["kind"], "finding");
+    assert_eq!(lines[0]["rule"], "double_bind");
+    assert_eq!(lines[0]["mode"], "in_use");
+    assert_eq!(lines[0]["seq"], 1);
+}
+
+#[test]
+fn replay_of_a_missing_file_is_a_usage_error() {
+    let out = trace(&["replay", "/nonexistent/stream.ndjson"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/stream.ndjson"), "{stderr}");
+}

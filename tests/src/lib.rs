@@ -225,3 +225,13 @@ pub fn connect(port: u16) -> std::net::TcpStream {
         }
     }
 }
+
+/// With SOCKACT_RECORD=DIR, writes a stream to DIR/NAME.ndjson: how the pure-logic fixtures
+/// under tests/fixtures are recorded from real runs.
+pub fn record(name: &str, lines: &[Value]) {
+    if let Some(dir) = std::env::var_os("SOCKACT_RECORD") {
+        let text: String = lines.iter().map(|v| format!("{v}\n")).collect();
+        let path = PathBuf::from(dir).join(format!("{name}.ndjson"));
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}

@@ -9,7 +9,7 @@ use std::{
 use std::process::Command;
 
 use serde_json::Value;
-use sockact_tests::{Trace, of, testbed::Container, trace_bin};
+use sockact_tests::{Trace, of, record, testbed::Container, trace_bin};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -94,6 +94,12 @@ fn unit_selector_resolves_both_sockets_attributes_and_follows_a_restart() {
         v["kind"] == "unit" && v["unit"] == "echo.service" && v["change"] == "restarted"
     });
     let lines = trace.stop();
+    record("healthy_echo", &lines);
+    let findings: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["kind"] == "finding" && v["severity"] != "info")
+        .collect();
+    assert!(findings.is_empty(), "a healthy unit: {findings:?}");
 
     // The stream opens with the resolution: the service and both socket units.
     assert_eq!(units_of(&lines, "echo.service", "resolved").len(), 1);
@@ -298,4 +304,36 @@ fn a_socket_unit_that_appears_during_the_trace_is_followed() {
         accept["socket_unit"], "late.socket",
         "learnt from UnitNew: {late:?}"
     );
+}
+
+#[test]
+fn a_service_binding_its_own_port_is_a_double_bind() {
+    let c = Container::boot("demo", 3);
+    let bus = c.bus_address();
+    let mut trace = Trace::start(&["--unit", "broken", "--systemd-bus", &bus]);
+    // The connection activates broken.service, which binds the port itself.
+    let _client = TcpStream::connect(("127.0.0.1", c.port(3))).expect("broken.socket listens");
+    let finding = trace.wait_for(WAIT, |v| {
+        v["kind"] == "finding" && v["rule"] == "double_bind"
+    });
+    let lines = trace.stop();
+    record("double_bind_in_use", &lines);
+    assert_eq!(finding["mode"], "in_use");
+    assert_eq!(finding["severity"], "error");
+    assert_eq!(finding["unit"], "broken.service");
+    assert_eq!(finding["socket_unit"], "broken.socket");
+    assert_eq!(finding["addr"], format!("127.0.0.1:{}", c.port(3)));
+    let evidence = finding["evidence"].as_array().unwrap();
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["kind"] == "bind" && e["errno"] == "EADDRINUSE")
+    );
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["kind"] == "exec" && e["listen_fds"] == 1)
+    );
+    let all = lines.iter().filter(|v| v["rule"] == "double_bind").count();
+    assert_eq!(all, 1, "one finding per episode");
 }

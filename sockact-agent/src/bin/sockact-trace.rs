@@ -2,11 +2,26 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sockact_agent::{cli::Cli, logging, trace};
+use sockact_agent::{
+    cli::{Cli, Command},
+    logging,
+    output::Format,
+    replay, trace,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose, cli.kernel_log);
+    if let Some(Command::Replay { file }) = &cli.command {
+        let format = cli.format.unwrap_or_else(Format::default_for_stdout);
+        return match replay::run(file, format) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sockact-trace: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

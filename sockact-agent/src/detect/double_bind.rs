@@ -1,0 +1,181 @@
+//! `double_bind` (research/failure-modes.md B1, B3, B4): a process of a socket-activated service
+//! binds an address its systemd listener holds, instead of using the passed fd. Three modes:
+//! `in_use` (EADDRINUSE), `reuseport` (success with SO_REUSEPORT: a second listener that takes
+//! a share of the connections), `unix_rebind` (a unix path unlinked and bound again: the
+//! systemd socket is orphaned).
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+
+use super::{Rule, evidence};
+use crate::events::{Data, Event, Finding, NumberOrString};
+
+#[derive(Default)]
+pub struct DoubleBind {
+    /// Processes exec'd with LISTEN_FDS: their exec event.
+    activated: HashMap<u32, Event>,
+    /// Addresses systemd listens on for a socket unit: address -> (socket unit, the event).
+    listeners: HashMap<String, (Option<String>, Event)>,
+    /// (unit or pid, address, mode) already reported.
+    reported: HashSet<(String, String, &'static str)>,
+}
+
+fn is_manager(e: &Event) -> bool {
+    e.process
+        .as_ref()
+        .is_some_and(|p| p.comm == "systemd" || p.comm == "(sd-listen)")
+}
+
+impl DoubleBind {
+    fn learn(&mut self, e: &Event) {
+        match &e.data {
+            Data::Exec(x) if matches!(x.listen_fds, Some(NumberOrString::Number(n)) if n > 0) => {
+                if let Some(p) = &e.process {
+                    self.activated.insert(p.pid, e.clone());
+                }
+            }
+            Data::Exit(_) => {
+                if let Some(p) = &e.process {
+                    self.activated.remove(&p.pid);
+                }
+            }
+            Data::Listener(l) if l.action != "close" => {
+                self.listeners
+                    .insert(l.addr.clone(), (l.socket_unit.clone(), e.clone()));
+            }
+            Data::Listen(l) if is_manager(e) && l.outcome.errno.is_none() => {
+                let unit = e.process.as_ref().and_then(|p| p.socket_unit.clone());
+                self.listeners
+                    .insert(l.endpoint.addr.clone(), (unit, e.clone()));
+            }
+            Data::Unit(u) => {
+                for addr in u.listen.iter().flatten() {
+                    self.listeners
+                        .entry(addr.clone())
+                        .or_insert_with(|| (Some(u.unit.clone()), e.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Rule for DoubleBind {
+    fn observe(&mut self, e: &Event, out: &mut Vec<Finding>) {
+        self.learn(e);
+        let Data::Bind(b) = &e.data else { return };
+        let Some(p) = &e.process else { return };
+        if is_manager(e) {
+            return;
+        }
+        let addr = &b.endpoint.addr;
+        // systemd holds the address: it listened there, or the unit says so (attribution
+        // matched the address to a socket unit).
+        let owner = match self.listeners.get(addr) {
+            Some((unit, _)) => unit.clone().or_else(|| p.socket_unit.clone()),
+            None if p.socket_unit.is_some() => p.socket_unit.clone(),
+            None => return,
+        };
+        // ... and the binder is a socket-activated service's process.
+        let activated = self.activated.contains_key(&p.pid)
+            || p.unit.as_deref().is_some_and(|u| u.ends_with(".service"));
+        if !activated {
+            return;
+        }
+        let mode = match (&b.outcome.errno, b.endpoint.family.as_str()) {
+            (Some(errno), _) if errno == "EADDRINUSE" => "in_use",
+            (None, "unix") => "unix_rebind",
+            (None, _) if b.reuseport => "reuseport",
+            _ => return,
+        };
+        let who = p.unit.clone().unwrap_or_else(|| format!("pid {}", p.pid));
+        if !self.reported.insert((who.clone(), addr.clone(), mode)) {
+            return;
+        }
+        let socket = owner.clone().unwrap_or_else(|| "its socket unit".into());
+        let (message, hint) = match mode {
+            "in_use" => (
+                format!(
+                    "{who} binds {addr} itself and fails with EADDRINUSE: systemd already listens there for {socket} and passed that socket as fd 3."
+                ),
+                "Make the service use the socket systemd passes (sd_listen_fds, LISTEN_FDS/LISTEN_FDNAMES) instead of binding, or turn off its own listener option; do not add SO_REUSEADDR to hide it.",
+            ),
+            "reuseport" => (
+                format!(
+                    "{who} binds {addr} itself with SO_REUSEPORT: a second listener now splits connections with the one systemd holds for {socket}, which nobody accepts on."
+                ),
+                "Use the passed fd instead of binding; drop ReusePort=yes from the socket unit unless several passed sockets are meant to share the port.",
+            ),
+            _ => (
+                format!(
+                    "{who} unlinks {addr} and binds a new socket there: the socket systemd holds for {socket} is orphaned and connections made to it are never served."
+                ),
+                "Use the passed fd and never unlink the socket path (systemd.socket(5)); if the app needs a path option, point it at the passed socket.",
+            ),
+        };
+        let mut proof: Vec<&Event> = Vec::new();
+        if let Some(exec) = self.activated.get(&p.pid) {
+            proof.push(exec);
+        }
+        if let Some((_, listener)) = self.listeners.get(addr) {
+            proof.push(listener);
+        }
+        proof.push(e);
+        let mut figures = serde_json::Map::new();
+        figures.insert("addr".into(), json!(addr));
+        figures.insert("mode".into(), json!(mode));
+        out.push(Finding {
+            rule: "double_bind".into(),
+            severity: "error".into(),
+            unit: p.unit.clone(),
+            socket_unit: owner,
+            message,
+            hint: hint.into(),
+            evidence: evidence(&proof),
+            figures,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{detect::Engine, events::Event};
+
+    fn replay(fixture: &str) -> Vec<crate::events::Finding> {
+        let mut engine = Engine::default();
+        let mut findings = Vec::new();
+        for line in fixture.lines().filter(|l| !l.trim().is_empty()) {
+            let e: Event = serde_json::from_str(line).expect("a v1 event");
+            findings.extend(engine.observe(&e));
+        }
+        findings.extend(engine.flush());
+        findings
+    }
+
+    #[test]
+    fn a_service_binding_its_own_port_is_a_double_bind_in_use() {
+        // Recorded on the test bed: tests/scenarios/demo, `sockact-trace --unit broken`.
+        let findings = replay(include_str!(
+            "../../../tests/fixtures/double_bind_in_use.ndjson"
+        ));
+        let first = &findings[0];
+        assert_eq!(first.rule, "double_bind");
+        assert_eq!(first.severity, "error");
+        assert_eq!(first.figures["mode"], "in_use");
+        assert_eq!(first.unit.as_deref(), Some("broken.service"));
+        assert_eq!(first.socket_unit.as_deref(), Some("broken.socket"));
+        assert!(first.evidence.len() >= 2 && first.evidence.len() <= 16);
+        assert!(first.evidence.iter().any(|e| e["kind"] == "exec"));
+        assert!(!first.hint.is_empty());
+        // The service is restarted by socket activation again and again: one finding per
+        // episode (unit, address, mode), not per bind.
+        assert_eq!(findings.len(), 1, "{findings:?}");
+    }
+
+    #[test]
+    fn a_healthy_service_is_no_double_bind() {
+        // Recorded on the test bed: tests/scenarios/healthy, `sockact-trace --unit echo`.
+        let findings = replay(include_str!("../../../tests/fixtures/healthy_echo.ndjson"));
+        assert!(findings.is_empty(), "{findings:?}");
+    }
+}
