@@ -337,3 +337,36 @@ fn a_service_binding_its_own_port_is_a_double_bind() {
     let all = lines.iter().filter(|v| v["rule"] == "double_bind").count();
     assert_eq!(all, 1, "one finding per episode");
 }
+
+#[test]
+fn a_second_listener_with_reuseport_and_a_rebound_unix_path_are_double_binds() {
+    let c = Container::boot("double-bind", 1);
+    let bus = c.bus_address();
+    let mut trace = Trace::start(&["--systemd-bus", &bus]);
+    // Activate both: a TCP connection, and a unix one from inside the container.
+    let _tcp = TcpStream::connect(("127.0.0.1", c.port(1))).expect("shared.socket listens");
+    let unix = c.exec(&[
+        "python3",
+        "-c",
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect('/run/unixy.sock')",
+    ]);
+    assert!(
+        unix.status.success(),
+        "{}",
+        String::from_utf8_lossy(&unix.stderr)
+    );
+    let reuse = trace.wait_for(WAIT, |v| {
+        v["rule"] == "double_bind" && v["mode"] == "reuseport"
+    });
+    let rebind = trace.wait_for(WAIT, |v| {
+        v["rule"] == "double_bind" && v["mode"] == "unix_rebind"
+    });
+    let lines = trace.stop();
+    record("double_bind_reuseport_unix", &lines);
+    assert_eq!(reuse["unit"], "shared.service");
+    assert_eq!(reuse["socket_unit"], "shared.socket");
+    assert_eq!(reuse["addr"], format!("127.0.0.1:{}", c.port(1)));
+    assert_eq!(rebind["unit"], "unixy.service");
+    assert_eq!(rebind["socket_unit"], "unixy.socket");
+    assert_eq!(rebind["addr"], "/run/unixy.sock");
+}

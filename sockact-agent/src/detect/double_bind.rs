@@ -173,6 +173,31 @@ mod tests {
     }
 
     #[test]
+    fn a_second_listener_and_a_rebound_unix_path() {
+        // Recorded on the test bed: tests/scenarios/double-bind, no selector.
+        let findings = replay(include_str!(
+            "../../../tests/fixtures/double_bind_reuseport_unix.ndjson"
+        ));
+        let mut modes: Vec<(&str, &str)> = findings
+            .iter()
+            .map(|f| {
+                (
+                    f.figures["mode"].as_str().unwrap(),
+                    f.unit.as_deref().unwrap(),
+                )
+            })
+            .collect();
+        modes.sort();
+        assert_eq!(
+            modes,
+            [
+                ("reuseport", "shared.service"),
+                ("unix_rebind", "unixy.service")
+            ]
+        );
+    }
+
+    #[test]
     fn a_healthy_service_is_no_double_bind() {
         // Recorded on the test bed: tests/scenarios/healthy, `sockact-trace --unit echo`.
         let findings = replay(include_str!("../../../tests/fixtures/healthy_echo.ndjson"));
