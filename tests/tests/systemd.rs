@@ -370,3 +370,19 @@ fn a_second_listener_with_reuseport_and_a_rebound_unix_path_are_double_binds() {
     assert_eq!(rebind["socket_unit"], "unixy.socket");
     assert_eq!(rebind["addr"], "/run/unixy.sock");
 }
+
+#[test]
+fn two_listen_lines_in_one_socket_unit_share_one_fd_name() {
+    let c = Container::boot("fdnames", 2);
+    let bus = c.bus_address();
+    let mut trace = Trace::start(&["--unit", "twice", "--systemd-bus", &bus]);
+    assert_eq!(ask(c.port(1)), "admin");
+    let finding = trace.wait_for(WAIT, |v| v["rule"] == "fdnames_duplicate");
+    let lines = trace.stop();
+    record("fdnames_duplicate", &lines);
+    assert_eq!(finding["severity"], "warning");
+    assert_eq!(finding["unit"], "twice.service");
+    assert_eq!(finding["socket_unit"], "twice.socket");
+    assert_eq!(finding["names"], serde_json::json!(["admin"]));
+    assert_eq!(finding["fds"], 2);
+}

@@ -1,6 +1,7 @@
 //! The findings engine: one module per rule behind one small trait. Rules take plain events,
 //! do no I/O, and report one finding per episode.
 pub mod double_bind;
+pub mod fdnames_duplicate;
 
 use crate::events::{Event, Finding};
 
@@ -22,7 +23,10 @@ pub struct Engine {
 impl Default for Engine {
     fn default() -> Self {
         Engine {
-            rules: vec![Box::new(double_bind::DoubleBind::default())],
+            rules: vec![
+                Box::new(double_bind::DoubleBind::default()),
+                Box::new(fdnames_duplicate::FdnamesDuplicate::default()),
+            ],
         }
     }
 }
