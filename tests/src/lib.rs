@@ -235,3 +235,20 @@ pub fn record(name: &str, lines: &[Value]) {
         std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     }
 }
+
+/// Runs sockact-trace as nobody with no capabilities at all.
+pub fn unprivileged(args: &[&str]) -> std::process::Output {
+    require_root();
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(trace_bin())
+        .args(args)
+        .output()
+        .expect("setpriv (util-linux)")
+}

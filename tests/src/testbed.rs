@@ -29,6 +29,10 @@ pub fn rootfs() -> PathBuf {
     dir
 }
 
+/// Programs several scenarios share, installed in every container at /opt/sockact/apps
+/// (`@APPS@` in a unit).
+const APPS: &str = "apps";
+
 fn scenario_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("scenarios")
@@ -77,6 +81,7 @@ impl Container {
             .map(|i| (format!("@PORT{i}@"), free_port()))
             .collect();
         install(&scenario_dir(name), &merged, &ports, name);
+        install(&scenario_dir(APPS), &merged, &ports, APPS);
         let log = fs::File::create(work.join("console.log")).unwrap();
         let nspawn = Command::new("systemd-nspawn")
             .arg("-D")
@@ -228,7 +233,7 @@ impl Drop for Container {
 }
 
 /// Copies a scenario into the root: units to /etc/systemd/system (sockets enabled), every
-/// other file to /opt/sockact/<name>/; `@PORTn@` and `@APP@` substituted.
+/// other file to /opt/sockact/<name>/; `@PORTn@`, `@APP@` and `@APPS@` substituted.
 fn install(src: &Path, root: &Path, ports: &BTreeMap<String, u16>, name: &str) {
     let units = root.join("etc/systemd/system");
     let wants = units.join("sockets.target.wants");
@@ -244,6 +249,7 @@ fn install(src: &Path, root: &Path, ports: &BTreeMap<String, u16>, name: &str) {
             text = text.replace(k, &v.to_string());
         }
         text = text.replace("@APP@", &format!("/opt/sockact/{name}"));
+        text = text.replace("@APPS@", &format!("/opt/sockact/{APPS}"));
         let is_unit = [".socket", ".service", ".target"]
             .iter()
             .any(|s| file.ends_with(s));

@@ -6,7 +6,9 @@ use std::{
 };
 
 use serde_json::Value;
-use sockact_tests::{Trace, connect, free_port, go, of, python, require_root, trace_bin, wait_ok};
+use sockact_tests::{
+    Trace, connect, free_port, go, of, python, require_root, trace_bin, unprivileged, wait_ok,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -425,19 +427,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 fn without_privileges_it_says_so_in_one_line_and_exits_1() {
-    require_root();
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(trace_bin())
-        .args(["--duration", "1"])
-        .output()
-        .expect("setpriv (util-linux)");
+    let out = unprivileged(&["--duration", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -9,7 +9,7 @@ use std::{
 use std::process::Command;
 
 use serde_json::Value;
-use sockact_tests::{Trace, of, record, testbed::Container, trace_bin};
+use sockact_tests::{Trace, of, record, testbed::Container, trace_bin, unprivileged};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -255,18 +255,7 @@ fn unknown_units_and_unreachable_buses_say_what_to_do_in_one_line() {
         "{stderr}"
     );
 
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .args(["--bounding-set=-all"])
-        .arg(trace_bin())
-        .args(["--unit", "echo", "--systemd-bus", &bus, "--duration", "1"])
-        .output()
-        .expect("setpriv (util-linux)");
+    let out = unprivileged(&["--unit", "echo", "--systemd-bus", &bus, "--duration", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");

@@ -14,7 +14,7 @@ use sockact_tests::testbed::Container;
 
 use crate::{
     rootfs, setup,
-    util::{is_root, root, run_cmd},
+    util::{build_binaries, is_root, root},
 };
 
 fn request(port: u16) -> String {
@@ -39,12 +39,7 @@ pub fn run() -> anyhow::Result<()> {
     setup::run()?;
     rootfs::ensure()?;
     let root = root();
-    run_cmd(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "-p",
-        "sockact-agent",
-        "--bins",
-    ]))?;
+    build_binaries()?;
     eprintln!("demo: booting systemd with echo.socket, echo-admin.socket and broken.socket");
     let c = Container::boot("demo", 3);
     let bus = format!("unix:path=/proc/{}/root/run/systemd/private", c.leader());

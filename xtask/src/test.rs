@@ -6,19 +6,14 @@ use anyhow::bail;
 
 use crate::{
     rootfs, setup,
-    util::{is_root, root, run_cmd},
+    util::{build_binaries, is_root, root, run_cmd},
 };
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     let root = root();
     // The binaries the privileged tests drive.
-    run_cmd(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "-p",
-        "sockact-agent",
-        "--bins",
-    ]))?;
+    build_binaries()?;
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)

@@ -57,3 +57,13 @@ pub fn cache_dir() -> PathBuf {
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     PathBuf::from(home).join(".cache/sockact")
 }
+
+/// Builds the binaries the demo and the privileged tests run.
+pub fn build_binaries() -> anyhow::Result<()> {
+    run_cmd(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "-p",
+        "sockact-agent",
+        "--bins",
+    ]))
+}

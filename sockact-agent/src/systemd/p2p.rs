@@ -132,22 +132,36 @@ fn connect_in_pidns(path: &str, pid: u32) -> io::Result<OwnedFd> {
     }
 }
 
-const CMSG_SPACE_FD: usize = 24;
+/// CMSG_SPACE(sizeof(int)) as u64 words: cmsghdr needs 8-byte alignment, which a byte array
+/// on the stack does not promise.
+const CMSG_WORDS_FD: usize = 3;
+
+/// One byte of data and room for one fd: the message both SCM_RIGHTS helpers use. The caller
+/// keeps `byte`, `iov` and `control` alive while `msg` is in use.
+fn one_fd_message(
+    byte: &mut [u8; 1],
+    iov: &mut libc::iovec,
+    control: &mut [u64; CMSG_WORDS_FD],
+) -> libc::msghdr {
+    iov.iov_base = byte.as_mut_ptr() as *mut libc::c_void;
+    iov.iov_len = 1;
+    // SAFETY: msghdr is plain data; zeroed is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = size_of_val(control);
+    msg
+}
 
 /// Sends one fd over a unix socket (SCM_RIGHTS); async-signal-safe.
 unsafe fn send_fd(sock: i32, fd: i32) -> bool {
-    let mut byte = [0u8; 1];
+    let (mut byte, mut control) = ([0u8; 1], [0u64; CMSG_WORDS_FD]);
     let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
-        iov_len: 1,
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
     };
-    let mut control = [0u8; CMSG_SPACE_FD];
-    // SAFETY: msghdr is plain data; the pointers set below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = control.len();
+    let msg = one_fd_message(&mut byte, &mut iov, &mut control);
     // SAFETY: the control buffer has room for one cmsg with one fd.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
@@ -161,18 +175,12 @@ unsafe fn send_fd(sock: i32, fd: i32) -> bool {
 
 /// Receives one fd sent with [`send_fd`].
 unsafe fn recv_fd(sock: i32) -> Option<i32> {
-    let mut byte = [0u8; 1];
+    let (mut byte, mut control) = ([0u8; 1], [0u64; CMSG_WORDS_FD]);
     let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
-        iov_len: 1,
+        iov_base: std::ptr::null_mut(),
+        iov_len: 0,
     };
-    let mut control = [0u8; CMSG_SPACE_FD];
-    // SAFETY: as in send_fd.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = control.len();
+    let mut msg = one_fd_message(&mut byte, &mut iov, &mut control);
     // SAFETY: the kernel fills at most the buffers given; the cmsg is checked before use.
     unsafe {
         if libc::recvmsg(sock, &mut msg, libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC) != 1 {
