@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::output::Format;
+use crate::{detect::Thresholds, output::Format};
 
 /// Trace systemd socket-activated services with eBPF: who binds, listens and accepts, and
 /// whether they use the sockets systemd passes them.
@@ -44,6 +44,10 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub duration: Option<Duration>,
 
+    /// Change a rule threshold, e.g. `fds_ignored.after_ms=5000` (repeatable).
+    #[arg(long = "set", value_name = "RULE.KEY=VALUE", global = true, value_parser = parse_set)]
+    pub set: Vec<String>,
+
     /// Show the probes' own diagnostics (aya-log) on stderr.
     #[arg(long)]
     pub kernel_log: bool,
@@ -76,6 +80,13 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn parse_set(s: &str) -> Result<String, String> {
+    Thresholds::default()
+        .apply(s)
+        .map(|()| s.to_owned())
+        .map_err(|e| e.to_string().trim_start_matches("--set ").to_owned())
+}
+
 /// What to trace and how to print it.
 #[derive(Clone, Debug)]
 pub struct TraceConfig {
@@ -87,9 +98,19 @@ pub struct TraceConfig {
     pub format: Format,
     pub duration: Option<Duration>,
     pub kernel_log: bool,
+    pub thresholds: Thresholds,
 }
 
 impl Cli {
+    /// The thresholds with every `--set` applied (each was checked when parsed).
+    pub fn thresholds(&self) -> Thresholds {
+        let mut t = Thresholds::default();
+        for s in &self.set {
+            t.apply(s).expect("checked by the parser");
+        }
+        t
+    }
+
     pub fn trace_config(&self) -> TraceConfig {
         TraceConfig {
             all: self.all,
@@ -100,6 +121,7 @@ impl Cli {
             format: self.format.unwrap_or_else(Format::default_for_stdout),
             duration: self.duration,
             kernel_log: self.kernel_log,
+            thresholds: self.thresholds(),
         }
     }
 }
@@ -132,6 +154,23 @@ mod tests {
     }
 
     #[test]
+    fn set_is_global_and_changes_a_threshold() {
+        let cli = Cli::try_parse_from([
+            "sockact-trace",
+            "replay",
+            "-",
+            "--set",
+            "fds_ignored.after_ms=500",
+        ])
+        .unwrap();
+        assert_eq!(cli.thresholds().get("fds_ignored", "after_ms"), 500);
+        assert_eq!(
+            cli.trace_config().thresholds.get("cold_start", "warn_ms"),
+            1000
+        );
+    }
+
+    #[test]
     fn bad_input_is_a_usage_error() {
         for args in [
             &["sockact-trace", "--nope"][..],
@@ -139,6 +178,8 @@ mod tests {
             &["sockact-trace", "--duration", "soon"],
             &["sockact-trace", "--port", "0"],
             &["sockact-trace", "--format", "xml"],
+            &["sockact-trace", "--set", "fds_ignored.after=1"],
+            &["sockact-trace", "--set", "fds_ignored.after_ms"],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

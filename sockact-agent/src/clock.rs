@@ -56,6 +56,13 @@ impl Default for Clock {
     }
 }
 
+/// An event's `ts` as nanoseconds since the Unix epoch (None when it is not RFC 3339).
+pub fn parse_rfc3339(ts: &str) -> Option<i128> {
+    OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(OffsetDateTime::unix_timestamp_nanos)
+}
+
 /// RFC 3339, UTC, always nine fractional digits.
 pub fn rfc3339(unix_ns: i128) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(unix_ns)
@@ -75,6 +82,15 @@ mod tests {
             Clock::fixed(1_763_888_400_000_000_000).rfc3339_from_boot_ns(5),
             "2025-11-23T09:00:00.000000005Z"
         );
+    }
+
+    #[test]
+    fn timestamps_parse_back() {
+        assert_eq!(
+            parse_rfc3339(&rfc3339(1_763_888_400_000_000_005)),
+            Some(1_763_888_400_000_000_005)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
     #[test]

@@ -53,10 +53,12 @@ pub enum Data {
     Connect(Connect),
     Shutdown(Shutdown),
     Listener(Listener),
+    Queue(Queue),
     Unit(Unit),
     Finding(Finding),
     Lost(Lost),
     Agent(Agent),
+    Summary(Summary),
 }
 
 impl Data {
@@ -71,10 +73,12 @@ impl Data {
             Data::Connect(_) => "connect",
             Data::Shutdown(_) => "shutdown",
             Data::Listener(_) => "listener",
+            Data::Queue(_) => "queue",
             Data::Unit(_) => "unit",
             Data::Finding(_) => "finding",
             Data::Lost(_) => "lost",
             Data::Agent(_) => "agent",
+            Data::Summary(_) => "summary",
         }
     }
 }
@@ -228,6 +232,22 @@ pub struct Listener {
     pub socket_unit: Option<String>,
 }
 
+/// The accept queue of one of systemd's listeners: connections waiting for an accept.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Queue {
+    /// The listener's address.
+    pub listener: String,
+    pub depth: u32,
+    /// The queue's maximum (the effective backlog).
+    pub max: u32,
+    /// The largest depth since the previous queue event of this listener.
+    pub peak: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub socket_unit: Option<String>,
+    #[serde(flatten)]
+    pub socket: SocketId,
+}
+
 /// A unit: resolved for `--unit`, or one of its changes as systemd reports them.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct Unit {
@@ -251,6 +271,9 @@ pub struct Unit {
     pub backlog: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fd_names: Option<Vec<String>>,
+    /// Socket units: the service they start (systemd's Triggers).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub triggers: Option<Vec<String>>,
 }
 
 /// What a detector concluded, with the events that prove it (DESIGN.md, "Findings").
@@ -298,6 +321,52 @@ pub struct Agent {
     /// On stop: of those, the ones that found the ring buffer full.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lost: Option<u64>,
+}
+
+/// The last line of a trace (DESIGN.md, "summary").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Summary {
+    pub duration_s: f64,
+    /// Lines by kind, this one excluded.
+    pub events: std::collections::BTreeMap<String, u64>,
+    /// Events that could not be shown (every `lost` count).
+    pub lost: u64,
+    /// One row a socket unit.
+    pub units: Vec<UnitSummary>,
+}
+
+/// One socket unit and the service it starts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct UnitSummary {
+    /// The service.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unit: Option<String>,
+    pub socket_unit: String,
+    /// Listening addresses.
+    pub listeners: u64,
+    /// Execs of the service with LISTEN_FDS.
+    pub activations: u64,
+    /// Connections accepted on the socket unit's listeners.
+    pub accepts: u64,
+    pub cold_start_ms: Vec<f64>,
+    pub restart_gap_ms: Vec<f64>,
+    /// Time connections spent in the accept queue, where the kernel told it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub accept_wait_ms: Option<Percentiles>,
+    pub peak_depth: u32,
+    /// The kernel's effective backlog (the largest of the listeners').
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backlog: Option<u32>,
+    pub drops: u64,
+    pub findings: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

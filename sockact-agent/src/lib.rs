@@ -19,6 +19,7 @@ pub mod procfs;
 pub mod render;
 pub mod replay;
 pub mod select;
+pub mod summary;
 pub mod system;
 pub mod systemd;
 pub mod text;

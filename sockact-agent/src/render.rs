@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    events::{Data, Event, NumberOrString},
+    events::{Data, Event, NumberOrString, Summary},
     text::for_terminal,
 };
 
@@ -35,6 +35,9 @@ fn result(ret: i64, errno: &Option<String>) -> String {
 
 /// `HH:MM:SS.ffffff kind pid comm details`, without the newline.
 pub fn line(e: &Event, color: bool) -> String {
+    if let Data::Summary(s) = &e.data {
+        return table(s);
+    }
     let time = e.ts.get(11..26).unwrap_or(&e.ts);
     let kind = e.data.kind();
     let (pid, comm) = match &e.process {
@@ -119,6 +122,14 @@ fn details(d: &Data) -> String {
             x.backlog.map_or("?".into(), |b| b.to_string()),
             x.socket_unit.as_deref().unwrap_or("?")
         ),
+        Data::Queue(x) => format!(
+            "{} depth={}/{} peak={} socket_unit={}",
+            x.listener,
+            x.depth,
+            x.max,
+            x.peak,
+            x.socket_unit.as_deref().unwrap_or("?")
+        ),
         Data::Unit(x) => {
             let mut s = format!("{} {} {}/{}", x.unit, x.change, x.active_state, x.sub_state);
             if let Some(pid) = x.main_pid.filter(|&p| p != 0) {
@@ -141,6 +152,7 @@ fn details(d: &Data) -> String {
             x.hint
         ),
         Data::Lost(x) => format!("{} events lost ({})", x.count, x.cause),
+        Data::Summary(_) => String::new(),
         Data::Agent(x) => {
             let mut s = format!("{} {}", x.action, x.version);
             if let Some(a) = &x.attached {
@@ -157,6 +169,69 @@ fn details(d: &Data) -> String {
             s
         }
     }
+}
+
+/// The closing summary as an aligned table, one row a socket unit.
+fn table(s: &Summary) -> String {
+    let mut rows = vec![[
+        "SOCKET UNIT".to_owned(),
+        "SERVICE".into(),
+        "LISTENERS".into(),
+        "ACTIVATIONS".into(),
+        "ACCEPTS".into(),
+        "PEAK/BACKLOG".into(),
+        "WAIT P95 MS".into(),
+        "DROPS".into(),
+        "FINDINGS".into(),
+    ]];
+    for u in &s.units {
+        let findings: Vec<String> = u.findings.iter().map(|(r, n)| format!("{r}={n}")).collect();
+        rows.push([
+            for_terminal(&u.socket_unit).into_owned(),
+            u.unit
+                .as_deref()
+                .map_or_else(|| "-".into(), |n| for_terminal(n).into_owned()),
+            u.listeners.to_string(),
+            u.activations.to_string(),
+            u.accepts.to_string(),
+            format!(
+                "{}/{}",
+                u.peak_depth,
+                u.backlog.map_or("?".into(), |b| b.to_string())
+            ),
+            u.accept_wait_ms
+                .as_ref()
+                .map_or("-".into(), |p| format!("{:.1}", p.p95)),
+            u.drops.to_string(),
+            if findings.is_empty() {
+                "-".into()
+            } else {
+                findings.join(",")
+            },
+        ]);
+    }
+    let mut widths = [0usize; 9];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (w, c) in widths.iter().zip(r) {
+            let _ = write!(line, "{c:<w$}  ");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let events: u64 = s.events.values().sum();
+    let _ = write!(
+        out,
+        "{:.1} s, {events} events, {} lost",
+        s.duration_s, s.lost
+    );
+    out
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@ use std::io::{self, BufRead};
 
 use crate::{
     clock::Clock,
-    detect::Engine,
+    detect::{Engine, Thresholds},
     events::{Data, Event, Finding, SCHEMA_VERSION},
     output::{Format, Output},
+    summary::Tally,
     system,
 };
 
@@ -34,12 +35,14 @@ impl ReplayError {
     }
 }
 
-/// Runs the detectors over `input` and writes every finding; returns how many lines were not
-/// v1 events (reported on stderr, never silently skipped).
+/// Runs the detectors over `input` and writes every finding; the tally sees the recorded events
+/// (not the findings and summary recorded with them) and the new findings. Returns how many
+/// lines were not v1 events (reported on stderr, never silently skipped).
 pub fn replay(
     input: impl BufRead,
     path: &str,
     engine: &mut Engine,
+    tally: &mut Tally,
     mut emit: impl FnMut(Finding) -> io::Result<()>,
 ) -> Result<u64, ReplayError> {
     let mut bad = 0u64;
@@ -61,6 +64,10 @@ pub fn replay(
                 continue;
             }
         };
+        if matches!(event.data, Data::Finding(_) | Data::Summary(_)) {
+            continue;
+        }
+        tally.observe(&event);
         for f in engine.observe(&event) {
             if emit(f).is_err() {
                 return Ok(bad);
@@ -76,7 +83,7 @@ pub fn replay(
 }
 
 /// The `replay` subcommand.
-pub fn run(path: &str, format: Format) -> Result<(), ReplayError> {
+pub fn run(path: &str, format: Format, thresholds: Thresholds) -> Result<(), ReplayError> {
     let input: Box<dyn BufRead> = if path == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -88,19 +95,31 @@ pub fn run(path: &str, format: Format) -> Result<(), ReplayError> {
     };
     let mut out = Output::stdout(format);
     let host = system::hostname();
-    let bad = replay(input, path, &mut Engine::default(), |f| {
-        out.emit(Event {
-            v: SCHEMA_VERSION,
-            seq: 0,
-            ts: Clock::now_rfc3339(),
-            host: host.clone(),
-            data: Data::Finding(f),
-            process: None,
-        })
+    let line = |data| Event {
+        v: SCHEMA_VERSION,
+        seq: 0,
+        ts: Clock::now_rfc3339(),
+        host: host.clone(),
+        data,
+        process: None,
+    };
+    let mut tally = Tally::default();
+    let mut found = Vec::new();
+    let bad = replay(input, path, &mut Engine::new(thresholds), &mut tally, |f| {
+        found.push(f.clone());
+        out.emit(line(Data::Finding(f)))
     })?;
     if bad > 0 {
         tracing::warn!("{bad} lines of {path} were not sockact v1 events");
     }
+    for f in found {
+        // Counted without a time: the stream's own times make the duration.
+        tally.observe(&Event {
+            ts: String::new(),
+            ..line(Data::Finding(f))
+        });
+    }
+    let _ = out.emit(line(Data::Summary(tally.summary(0))));
     let _ = out.flush();
     Ok(())
 }

@@ -66,6 +66,9 @@ impl Selector {
                 {
                     return true;
                 }
+                Data::Queue(q) if q.socket_unit.as_deref().is_some_and(|s| self.wants_unit(s)) => {
+                    return true;
+                }
                 _ => {}
             }
             if let Some(p) = &e.process
@@ -93,6 +96,7 @@ fn event_port(d: &Data) -> Option<u16> {
         Data::Connect(c) => c.endpoint.port,
         Data::Accept(a) => a.listener.as_deref().and_then(port_of),
         Data::Shutdown(s) => s.listener.as_deref().and_then(port_of),
+        Data::Queue(q) => port_of(&q.listener),
         _ => None,
     }
 }

@@ -15,14 +15,15 @@ use tokio::{
 use crate::{
     cli::TraceConfig,
     clock::Clock,
-    correlate::{Attribution, proc_cgroup, snapshot, sock_diag},
+    correlate::{Attribution, proc_cgroup, queue::QueueSampler, snapshot, sock_diag},
     decode,
     ebpf::{self, Counters, LoadOptions, Loaded},
-    events::{Agent, Data, Event, Listener, Lost, SCHEMA_VERSION, Unit},
+    events::{Agent, Data, Event, Finding, Listener, Lost, SCHEMA_VERSION, Unit},
     offsets::{KernelBtf, OffsetError, VMLINUX_BTF},
     output::{Output, stdout_closed},
     procfs,
     select::Selector,
+    summary::Tally,
     system::{self, SystemError},
     systemd::{
         Catalog, classify,
@@ -132,6 +133,8 @@ struct Session {
     selector: Selector,
     attribution: Attribution,
     engine: crate::detect::Engine,
+    sampler: QueueSampler,
+    tally: Tally,
     received: u64,
     undecodable: u64,
     reported: Reported,
@@ -161,7 +164,9 @@ impl Session {
         }
     }
 
+    /// Writes one line, counted for the summary.
     fn emit(&mut self, e: Event) -> Result<(), Halt> {
+        self.tally.observe(&e);
         Ok(self.out.emit(e)?)
     }
 
@@ -174,9 +179,7 @@ impl Session {
                     let mut event = record.to_event(&self.clock, &self.host);
                     self.attribution.enrich(&mut event, &proc_cgroup);
                     if self.selector.wants(&event, record.header().watch) {
-                        let findings = self.engine.observe(&event);
-                        self.emit(event)?;
-                        self.findings(findings)?;
+                        self.publish(event)?;
                     }
                 }
                 Err(e) => {
@@ -190,14 +193,36 @@ impl Session {
         Ok(())
     }
 
-    /// Emits an event the detectors must see too (units, listeners).
-    fn publish(&mut self, e: Event) -> Result<(), Halt> {
+    /// Emits an event the detectors and the queue sampler see too.
+    fn publish(&mut self, mut e: Event) -> Result<(), Halt> {
+        // The number it is written with, so that evidence names the line.
+        e.seq = self.out.lines_written() + 1;
+        self.sampler.learn(&e);
         let findings = self.engine.observe(&e);
         self.emit(e)?;
         self.findings(findings)
     }
 
-    fn findings(&mut self, findings: Vec<crate::events::Finding>) -> Result<(), Halt> {
+    /// Samples the accept queues of systemd's listeners and lets the detectors decide what is
+    /// due now.
+    fn tick(&mut self) -> Result<(), Halt> {
+        if !self.sampler.is_empty() {
+            match sock_diag::tcp_listeners() {
+                Ok(diag) => {
+                    for data in self.sampler.sample(&diag) {
+                        let e = self.meta(data);
+                        self.publish(e)?;
+                    }
+                }
+                Err(e) => tracing::debug!("sock_diag: {e}"),
+            }
+        }
+        let now = crate::clock::parse_rfc3339(&Clock::now_rfc3339()).unwrap_or(0);
+        let findings = self.engine.tick(now);
+        self.findings(findings)
+    }
+
+    fn findings(&mut self, findings: Vec<Finding>) -> Result<(), Halt> {
         for f in findings {
             let e = self.meta(Data::Finding(f));
             self.emit(e)?;
@@ -283,7 +308,11 @@ impl Session {
                 invocation_id: (!s.invocation_id.is_empty()).then(|| s.invocation_id.clone()),
                 ..Default::default()
             }
-        } else if let Some(s) = catalog.sockets.get_mut(&c.unit) {
+        } else if let Some(s) = catalog
+            .sockets
+            .get_mut(&c.unit)
+            .filter(|s| !s.condition_failed)
+        {
             let (prev_active, prev_sub) = (s.active_state.clone(), s.sub_state.clone());
             let change = classify(&prev_active, c.active_state.as_deref(), "", "");
             apply_states(&mut s.active_state, &mut s.sub_state, &c);
@@ -408,34 +437,60 @@ async fn resolve_units(
             Err(e) => return Err(TraceError::Usage(format!("--unit {e}"))),
         };
         selector.add_unit(&r.service, &r.sockets);
-        if let Some(s) = catalog.services.get(&r.service) {
-            resolved.push(Unit {
-                unit: s.name.clone(),
-                change: "resolved".into(),
-                active_state: s.active_state.clone(),
-                sub_state: s.sub_state.clone(),
-                main_pid: Some(s.main_pid),
-                n_restarts: Some(s.n_restarts),
-                invocation_id: (!s.invocation_id.is_empty()).then(|| s.invocation_id.clone()),
-                ..Default::default()
-            });
-        }
-        for name in &r.sockets {
-            let s = &catalog.sockets[name];
-            resolved.push(Unit {
-                unit: s.name.clone(),
-                change: "resolved".into(),
-                active_state: s.active_state.clone(),
-                sub_state: s.sub_state.clone(),
-                listen: Some(s.listen.iter().map(|(_, a)| a.clone()).collect()),
-                accept: Some(s.accept),
-                backlog: Some(s.backlog),
-                fd_names: Some(vec![s.fd_name.clone()]),
-                ..Default::default()
-            });
-        }
+        resolved.extend(catalog.services.get(&r.service).map(service_resolved));
+        resolved.extend(
+            r.sockets
+                .iter()
+                .map(|name| socket_resolved(&catalog.sockets[name])),
+        );
     }
     Ok(resolved)
+}
+
+/// With no selector, every socket unit and the service it starts, as they are when the trace
+/// starts. Socket units whose condition failed, or with no address (not found, masked), are not
+/// meant to listen and are left out.
+fn every_unit(catalog: &Catalog) -> Vec<Unit> {
+    let mut units = Vec::new();
+    let mut services = HashSet::new();
+    let listening = |s: &&crate::systemd::SocketUnit| !s.condition_failed && !s.listen.is_empty();
+    for s in catalog.sockets.values().filter(listening) {
+        for t in &s.triggers {
+            if services.insert(t.clone()) {
+                units.extend(catalog.services.get(t).map(service_resolved));
+            }
+        }
+        units.push(socket_resolved(s));
+    }
+    units
+}
+
+fn service_resolved(s: &crate::systemd::ServiceUnit) -> Unit {
+    Unit {
+        unit: s.name.clone(),
+        change: "resolved".into(),
+        active_state: s.active_state.clone(),
+        sub_state: s.sub_state.clone(),
+        main_pid: Some(s.main_pid),
+        n_restarts: Some(s.n_restarts),
+        invocation_id: (!s.invocation_id.is_empty()).then(|| s.invocation_id.clone()),
+        ..Default::default()
+    }
+}
+
+fn socket_resolved(s: &crate::systemd::SocketUnit) -> Unit {
+    Unit {
+        unit: s.name.clone(),
+        change: "resolved".into(),
+        active_state: s.active_state.clone(),
+        sub_state: s.sub_state.clone(),
+        listen: Some(s.listen.iter().map(|(_, a)| a.clone()).collect()),
+        accept: Some(s.accept),
+        backlog: Some(s.backlog),
+        fd_names: Some(vec![s.fd_name.clone()]),
+        triggers: Some(s.triggers.clone()),
+        ..Default::default()
+    }
 }
 
 /// Marks the processes of socket-activated units that already run, and those holding a
@@ -515,6 +570,9 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     let mut resolved = Vec::new();
     if let Some((client, catalog)) = &systemd {
         resolved = resolve_units(&config, client, catalog, &mut selector).await?;
+        if selector.is_empty() {
+            resolved = every_unit(catalog);
+        }
     }
     let (client, catalog) = match systemd {
         Some((client, catalog)) => (Some(client), catalog),
@@ -527,7 +585,9 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
         host: system::hostname(),
         selector,
         attribution: Attribution::new(catalog),
-        engine: Default::default(),
+        engine: crate::detect::Engine::new(config.thresholds.clone()),
+        sampler: QueueSampler::default(),
+        tally: Tally::default(),
         received: 0,
         undecodable: 0,
         reported: Reported::default(),
@@ -645,7 +705,7 @@ async fn read_loop(
                 Err(e) => Err(Halt::Fail(TraceError::Ring(e))),
             },
             _ = tick.tick() => {
-                let mut r = session.drain(ring.get_mut());
+                let mut r = session.drain(ring.get_mut()).and_then(|()| session.tick());
                 if r.is_ok() && last_lost_check.elapsed() >= LOST_EVERY {
                     last_lost_check = Instant::now();
                     let counters = ring.get_ref().counters();
@@ -687,5 +747,9 @@ async fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Halt> 
     );
     let e = session.meta(Data::Agent(stop));
     session.emit(e)?;
+    let now = crate::clock::parse_rfc3339(&Clock::now_rfc3339()).unwrap_or(0);
+    let summary = session.tally.summary(now);
+    let e = session.meta(Data::Summary(summary));
+    session.out.emit(e)?;
     Ok(session.out.flush()?)
 }

@@ -65,11 +65,45 @@ fn replay_needs_no_root_and_finds_the_recorded_double_bind() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(lines[0]["kind"], "finding");
     assert_eq!(lines[0]["rule"], "double_bind");
     assert_eq!(lines[0]["mode"], "in_use");
     assert_eq!(lines[0]["seq"], 1);
+    // The summary of the replayed stream closes it, with the finding on its socket unit.
+    let summary = &lines[1];
+    assert_eq!(summary["kind"], "summary");
+    assert!(summary["duration_s"].as_f64().unwrap() > 0.0);
+    let broken = summary["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["socket_unit"] == "broken.socket")
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(broken["findings"]["double_bind"], 1);
+    assert_eq!(broken["unit"], "broken.service");
+}
+
+#[test]
+fn thresholds_are_set_before_or_after_the_subcommand_and_checked() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/double_bind_in_use.ndjson"
+    );
+    let out = trace(&["--set", "fds_ignored.after_ms=100", "replay", fixture]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = trace(&["replay", fixture, "--set", "fds_ignored.after=100"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("fds_ignored.after_ms"),
+        "names what is known: {stderr}"
+    );
 }
 
 #[test]

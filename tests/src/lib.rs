@@ -138,17 +138,21 @@ impl Trace {
         );
     }
 
-    /// Stops the tracer with SIGINT and returns every line it wrote, `agent` stop last.
+    /// Stops the tracer with SIGINT and returns every line it wrote: `agent` stop, then the
+    /// `summary` last.
     pub fn stop(mut self) -> Vec<Value> {
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let status = self.child.wait().expect("waiting for sockact-trace");
         while self.pump(Duration::from_millis(500)) {}
         assert!(status.success(), "sockact-trace exited with {status}");
+        let n = self.seen.len();
         let last = self.seen.last().cloned().unwrap_or_default();
+        assert_eq!(last["kind"], "summary", "the last line is the summary");
+        let stop = &self.seen[n.saturating_sub(2)];
         assert!(
-            last["kind"] == "agent" && last["action"] == "stop",
-            "the last line is not the agent stop event: {last}"
+            stop["kind"] == "agent" && stop["action"] == "stop",
+            "the agent stop event comes before the summary: {stop}"
         );
         std::mem::take(&mut self.seen)
     }

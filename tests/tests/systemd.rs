@@ -9,13 +9,13 @@ use std::{
 use std::process::Command;
 
 use serde_json::Value;
-use sockact_tests::{Trace, of, record, testbed::Container, trace_bin, unprivileged};
+use sockact_tests::{Trace, connect, of, record, testbed::Container, trace_bin, unprivileged};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// Connects and reads the one-line answer.
+/// Connects (retrying while nothing listens yet) and reads the one-line answer.
 fn ask(port: u16) -> String {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connecting to the socket unit");
+    let s = connect(port);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).expect("an answer");
@@ -173,9 +173,16 @@ fn without_a_selector_a_trace_started_after_activation_attributes_accepts() {
     trace.wait_for(WAIT, |v| {
         v["kind"] == "accept" && v["listener"] == format!("127.0.0.1:{}", c.port(2))
     });
+    // Clients for longer than any wait rule needs to fire on a false positive.
+    for _ in 0..8 {
+        assert_eq!(ask(c.port(1)), "echo");
+        std::thread::sleep(SETTLE / 8);
+    }
     let lines = trace.stop();
+    record("healthy_all", &lines);
+    assert_eq!(problems(&lines), expect(&[]), "a healthy control");
     let accepts = of(&lines, "accept", pid);
-    assert_eq!(accepts.len(), 2, "{lines:?}");
+    assert_eq!(accepts.len(), 10, "{lines:?}");
     for a in &accepts {
         assert_eq!(a["unit"], "echo.service");
         assert_ne!(a["ns_pid"], a["pid"]);
@@ -195,6 +202,12 @@ fn accept_yes_instances_belong_to_their_socket_unit() {
         v["kind"] == "exit" && v["unit"].as_str().is_some_and(|u| u.starts_with("hello@"))
     });
     let lines = trace.stop();
+    record("accept_yes", &lines);
+    assert_eq!(
+        problems(&lines),
+        expect(&[]),
+        "instances get a connection, not a listener"
+    );
     let execs: Vec<&Value> = lines
         .iter()
         .filter(|v| v["kind"] == "exec" && v["listen_fdnames"] == serde_json::json!(["connection"]))
@@ -360,18 +373,229 @@ fn a_second_listener_with_reuseport_and_a_rebound_unix_path_are_double_binds() {
     assert_eq!(rebind["addr"], "/run/unixy.sock");
 }
 
+/// The warnings and errors of a stream: (rule, unit), sorted, each once.
+fn problems(lines: &[Value]) -> Vec<(String, String)> {
+    let mut p: Vec<(String, String)> = lines
+        .iter()
+        .filter(|v| v["kind"] == "finding" && v["severity"] != "info")
+        .map(|v| {
+            (
+                v["rule"].as_str().unwrap_or("?").to_owned(),
+                v["unit"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect();
+    p.sort();
+    p.dedup();
+    p
+}
+
+fn expect(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(r, u)| ((*r).to_owned(), (*u).to_owned()))
+        .collect()
+}
+
+/// Two traces started after the scenario's units are up, both through the container's bus:
+/// one of `unit`, one with no selector.
+fn traces(c: &Container, unit: &str) -> (Trace, Trace) {
+    let bus = c.bus_address();
+    let one = Trace::start(&["--unit", unit, "--systemd-bus", &bus]);
+    let all = Trace::start(&["--systemd-bus", &bus]);
+    (one, all)
+}
+
+/// Waits in both traces for a finding of `rule` about `unit`.
+fn both_find(traces: &mut (Trace, Trace), rule: &str, unit: &str, wait: Duration) -> Value {
+    let pred = |v: &Value| v["kind"] == "finding" && v["rule"] == rule && v["unit"] == unit;
+    let found = traces.0.wait_for(wait, pred);
+    traces.1.wait_for(wait, pred);
+    found
+}
+
+/// A connection that waits in the accept queue (nobody answers it).
+fn waiting(port: u16) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", port)).expect("the socket unit listens")
+}
+
+/// Long enough for a wait rule (fds_ignored.after_ms) to have fired on a false positive.
+const SETTLE: Duration = Duration::from_secs(4);
+
 #[test]
 fn two_listen_lines_in_one_socket_unit_share_one_fd_name() {
     let c = Container::boot("fdnames", 2);
-    let bus = c.bus_address();
-    let mut trace = Trace::start(&["--unit", "twice", "--systemd-bus", &bus]);
-    assert_eq!(ask(c.port(1)), "admin");
-    let finding = trace.wait_for(WAIT, |v| v["rule"] == "fdnames_duplicate");
-    let lines = trace.stop();
-    record("fdnames_duplicate", &lines);
+    let mut t = traces(&c, "twice");
+    // The app finds `admin` (the second fd) by name, and no `web`: port 1 is never served.
+    assert_eq!(ask(c.port(2)), "admin");
+    let _client = waiting(c.port(1));
+    let finding = both_find(&mut t, "fdnames_duplicate", "twice.service", WAIT);
+    let ignored = both_find(&mut t, "fds_ignored", "twice.service", WAIT);
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("fdnames_duplicate", &one);
     assert_eq!(finding["severity"], "warning");
-    assert_eq!(finding["unit"], "twice.service");
     assert_eq!(finding["socket_unit"], "twice.socket");
     assert_eq!(finding["names"], serde_json::json!(["admin"]));
     assert_eq!(finding["fds"], 2);
+    assert_eq!(ignored["listener"], format!("127.0.0.1:{}", c.port(1)));
+    let want = expect(&[
+        ("fdnames_duplicate", "twice.service"),
+        ("fds_ignored", "twice.service"),
+    ]);
+    assert_eq!(problems(&one), want, "--unit");
+    assert_eq!(problems(&all), want, "no selector");
+}
+
+#[test]
+fn a_service_that_closes_fd_3_and_serves_elsewhere_ignores_its_fds() {
+    let c = Container::boot("fds-ignored", 2);
+    let mut t = traces(&c, "ignorer");
+    let _client = waiting(c.port(1));
+    let f = both_find(&mut t, "fds_ignored", "ignorer.service", WAIT);
+    assert_eq!(ask(c.port(2)), "elsewhere");
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("fds_ignored", &one);
+    assert_eq!(f["severity"], "error");
+    assert_eq!(f["socket_unit"], "ignorer.socket");
+    assert_eq!(f["listener"], format!("127.0.0.1:{}", c.port(1)));
+    assert!(f["queued"].as_u64().unwrap() >= 1, "{f}");
+    let waited = f["waited_ms"].as_u64().unwrap();
+    assert!((3000..8000).contains(&waited), "{f}");
+    let evidence = f["evidence"].as_array().unwrap();
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["kind"] == "queue" && e["depth"].as_u64() >= Some(1))
+    );
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["kind"] == "listen" && e["addr"] == format!("127.0.0.1:{}", c.port(2))),
+        "where it serves instead: {f}"
+    );
+    let want = expect(&[("fds_ignored", "ignorer.service")]);
+    assert_eq!(problems(&one), want, "--unit");
+    assert_eq!(problems(&all), want, "no selector");
+    assert_eq!(
+        one.iter().filter(|v| v["rule"] == "fds_ignored").count(),
+        1,
+        "one per episode"
+    );
+}
+
+#[test]
+fn wrappers_that_fork_the_server_are_listen_pid_mismatches_and_workers_are_not() {
+    let c = Container::boot("wrappers", 3);
+    let mut t = traces(&c, "shwrap");
+    let _sh = waiting(c.port(1));
+    let _launcher = waiting(c.port(2));
+    assert_eq!(ask(c.port(3)), "worker");
+    assert_eq!(ask(c.port(3)), "worker");
+    let sh = both_find(&mut t, "listen_pid_mismatch", "shwrap.service", WAIT);
+    let launcher = t.1.wait_for(WAIT, |v| {
+        v["rule"] == "listen_pid_mismatch" && v["unit"] == "launcher.service"
+    });
+    std::thread::sleep(SETTLE);
+    assert_eq!(ask(c.port(3)), "worker");
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("listen_pid_mismatch", &all);
+    for (f, wrapper) in [(&sh, "sh"), (&launcher, "python3")] {
+        assert_eq!(f["severity"], "error");
+        assert_ne!(f["listen_pid"], f["expected_pid"], "{f}");
+        let evidence = f["evidence"].as_array().unwrap();
+        let named = &evidence[0];
+        assert_eq!(named["kind"], "exec", "{f}");
+        assert_eq!(named["comm"], wrapper, "LISTEN_PID names the wrapper: {f}");
+        assert_eq!(named["listen_pid"], f["listen_pid"]);
+        assert!(
+            evidence
+                .iter()
+                .any(|e| e["kind"] == "bind" && e["errno"] == "EADDRINUSE"),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        problems(&one),
+        expect(&[("listen_pid_mismatch", "shwrap.service")])
+    );
+    assert_eq!(
+        problems(&all),
+        expect(&[
+            ("listen_pid_mismatch", "launcher.service"),
+            ("listen_pid_mismatch", "shwrap.service"),
+        ]),
+        "workers that inherit the fds from the parent that took them are fine"
+    );
+    // The control went through the same path: workers exec'd with their parent's LISTEN_PID
+    // accepted the connections.
+    let workers: Vec<&Value> = all
+        .iter()
+        .filter(|v| {
+            v["kind"] == "exec" && v["unit"] == "workers.service" && v["listen_pid"] != v["ns_pid"]
+        })
+        .collect();
+    assert_eq!(workers.len(), 2, "{all:?}");
+    let served = all
+        .iter()
+        .filter(|v| v["kind"] == "accept" && workers.iter().any(|w| w["pid"] == v["pid"]))
+        .count();
+    assert!(served >= 3, "the workers accepted: {served}");
+}
+
+#[test]
+fn a_service_that_exits_at_start_while_a_client_waits_failed_its_activation() {
+    let c = Container::boot("activation-failed", 1);
+    let mut t = traces(&c, "crasher");
+    let _client = waiting(c.port(1));
+    let f = both_find(&mut t, "activation_failed", "crasher.service", WAIT);
+    std::thread::sleep(SETTLE);
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("activation_failed", &one);
+    assert_eq!(f["severity"], "error");
+    assert_eq!(f["socket_unit"], "crasher.socket");
+    assert_eq!(f["listener"], format!("127.0.0.1:{}", c.port(1)));
+    assert_eq!(f["exit_code"], 1, "{f}");
+    assert!(f["queued"].as_u64().unwrap() >= 1);
+    let evidence = f["evidence"].as_array().unwrap();
+    for kind in ["queue", "exec", "exit"] {
+        assert!(evidence.iter().any(|e| e["kind"] == kind), "no {kind}: {f}");
+    }
+    let want = expect(&[("activation_failed", "crasher.service")]);
+    assert_eq!(problems(&one), want, "--unit");
+    assert_eq!(problems(&all), want, "no selector");
+    assert_eq!(
+        one.iter()
+            .filter(|v| v["rule"] == "activation_failed")
+            .count(),
+        1,
+        "one per failing streak, however often systemd starts it again"
+    );
+}
+
+#[test]
+fn a_service_started_while_its_socket_is_stopped_runs_without_it() {
+    let c = Container::boot("socket-inactive", 1);
+    let mut t = traces(&c, "lonely");
+    c.systemctl_ok(&["stop", "lonely.socket"]);
+    c.systemctl_ok(&["start", "lonely.service"]);
+    assert_eq!(
+        ask(c.port(1)),
+        "lonely",
+        "served by the service's own listener"
+    );
+    let f = both_find(&mut t, "socket_inactive", "lonely.service", WAIT);
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("socket_inactive", &one);
+    assert_eq!(f["severity"], "warning");
+    assert_eq!(f["socket_unit"], "lonely.socket");
+    let evidence = f["evidence"].as_array().unwrap();
+    assert!(evidence.iter().any(|e| e["kind"] == "unit"
+        && e["unit"] == "lonely.socket"
+        && e["active_state"] == "inactive"));
+    assert!(evidence.iter().any(|e| e["kind"] == "unit"
+        && e["unit"] == "lonely.service"
+        && e["active_state"] == "active"));
+    let want = expect(&[("socket_inactive", "lonely.service")]);
+    assert_eq!(problems(&one), want, "--unit");
+    assert_eq!(problems(&all), want, "no selector");
 }

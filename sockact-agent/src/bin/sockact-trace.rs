@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     logging::init(cli.verbose, cli.kernel_log);
     if let Some(Command::Replay { file }) = &cli.command {
         let format = cli.format.unwrap_or_else(Format::default_for_stdout);
-        return match replay::run(file, format) {
+        return match replay::run(file, format, cli.thresholds()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sockact-trace: {e}");

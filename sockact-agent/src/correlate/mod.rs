@@ -1,6 +1,7 @@
 //! Who an event belongs to: the unit of the process (its cgroup), the socket unit of the
 //! listener, from what systemd said (the catalog) and what /proc says. Pure but for the cgroup
 //! lookup, which is handed in.
+pub mod queue;
 pub mod snapshot;
 pub mod sock_diag;
 

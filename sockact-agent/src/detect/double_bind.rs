@@ -3,81 +3,42 @@
 //! `in_use` (EADDRINUSE), `reuseport` (success with SO_REUSEPORT: a second listener that takes
 //! a share of the connections), `unix_rebind` (a unix path unlinked and bound again: the
 //! systemd socket is orphaned).
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::json;
 
-use super::{Rule, evidence};
-use crate::events::{Data, Event, Finding, NumberOrString};
+use super::{
+    Rule,
+    context::{Context, is_manager, listen_fds},
+    evidence,
+};
+use crate::events::{Data, Event, Finding};
 
 #[derive(Default)]
 pub struct DoubleBind {
-    /// Processes exec'd with LISTEN_FDS: their exec event.
-    activated: HashMap<u32, Event>,
-    /// Addresses systemd listens on for a socket unit: address -> (socket unit, the event).
-    listeners: HashMap<String, (Option<String>, Event)>,
     /// (unit or pid, address, mode) already reported.
     reported: HashSet<(String, String, &'static str)>,
 }
 
-fn is_manager(e: &Event) -> bool {
-    e.process
-        .as_ref()
-        .is_some_and(|p| p.comm == "systemd" || p.comm == "(sd-listen)")
-}
-
-impl DoubleBind {
-    fn learn(&mut self, e: &Event) {
-        match &e.data {
-            Data::Exec(x) if matches!(x.listen_fds, Some(NumberOrString::Number(n)) if n > 0) => {
-                if let Some(p) = &e.process {
-                    self.activated.insert(p.pid, e.clone());
-                }
-            }
-            Data::Exit(_) => {
-                if let Some(p) = &e.process {
-                    self.activated.remove(&p.pid);
-                }
-            }
-            Data::Listener(l) if l.action != "close" => {
-                self.listeners
-                    .insert(l.addr.clone(), (l.socket_unit.clone(), e.clone()));
-            }
-            Data::Listen(l) if is_manager(e) && l.outcome.errno.is_none() => {
-                let unit = e.process.as_ref().and_then(|p| p.socket_unit.clone());
-                self.listeners
-                    .insert(l.endpoint.addr.clone(), (unit, e.clone()));
-            }
-            Data::Unit(u) => {
-                for addr in u.listen.iter().flatten() {
-                    self.listeners
-                        .entry(addr.clone())
-                        .or_insert_with(|| (Some(u.unit.clone()), e.clone()));
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 impl Rule for DoubleBind {
-    fn observe(&mut self, e: &Event, out: &mut Vec<Finding>) {
-        self.learn(e);
+    fn observe(&mut self, ctx: &Context, e: &Event, out: &mut Vec<Finding>) {
         let Data::Bind(b) = &e.data else { return };
         let Some(p) = &e.process else { return };
-        if is_manager(e) {
+        // A process whose LISTEN_PID is not its own could not take the fds:
+        // listen_pid_mismatch tells that story.
+        if is_manager(e) || ctx.mismatched(p.pid) {
             return;
         }
         let addr = &b.endpoint.addr;
         // systemd holds the address: it listened there, or the unit says so (attribution
         // matched the address to a socket unit).
-        let owner = match self.listeners.get(addr) {
-            Some((unit, _)) => unit.clone().or_else(|| p.socket_unit.clone()),
+        let owner = match ctx.listener(addr) {
+            Some(l) => l.socket_unit.clone().or_else(|| p.socket_unit.clone()),
             None if p.socket_unit.is_some() => p.socket_unit.clone(),
             None => return,
         };
         // ... and the binder is a socket-activated service's process.
-        let activated = self.activated.contains_key(&p.pid)
+        let activated = ctx.exec_of(p.pid).and_then(listen_fds).is_some()
             || p.unit.as_deref().is_some_and(|u| u.ends_with(".service"));
         if !activated {
             return;
@@ -114,11 +75,11 @@ impl Rule for DoubleBind {
             ),
         };
         let mut proof: Vec<&Event> = Vec::new();
-        if let Some(exec) = self.activated.get(&p.pid) {
+        if let Some(exec) = ctx.exec_of(p.pid) {
             proof.push(exec);
         }
-        if let Some((_, listener)) = self.listeners.get(addr) {
-            proof.push(listener);
+        if let Some(l) = ctx.listener(addr) {
+            proof.push(&l.event);
         }
         proof.push(e);
         let mut figures = serde_json::Map::new();
@@ -139,18 +100,7 @@ impl Rule for DoubleBind {
 
 #[cfg(test)]
 mod tests {
-    use crate::{detect::Engine, events::Event};
-
-    fn replay(fixture: &str) -> Vec<crate::events::Finding> {
-        let mut engine = Engine::default();
-        let mut findings = Vec::new();
-        for line in fixture.lines().filter(|l| !l.trim().is_empty()) {
-            let e: Event = serde_json::from_str(line).expect("a v1 event");
-            findings.extend(engine.observe(&e));
-        }
-        findings.extend(engine.flush());
-        findings
-    }
+    use crate::detect::testing::replay;
 
     #[test]
     fn a_service_binding_its_own_port_is_a_double_bind_in_use() {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::json;
 
-use super::{Rule, evidence};
+use super::{Rule, context::Context, evidence};
 use crate::events::{Data, Event, Finding};
 
 #[derive(Default)]
@@ -15,7 +15,7 @@ pub struct FdnamesDuplicate {
 }
 
 impl Rule for FdnamesDuplicate {
-    fn observe(&mut self, e: &Event, out: &mut Vec<Finding>) {
+    fn observe(&mut self, _ctx: &Context, e: &Event, out: &mut Vec<Finding>) {
         let Data::Exec(x) = &e.data else { return };
         let Some(names) = &x.listen_fdnames else {
             return;
@@ -61,64 +61,37 @@ impl Rule for FdnamesDuplicate {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::events::{Exec, NumberOrString, Process};
+    use serde_json::json;
 
-    fn exec(names: &[&str]) -> Event {
-        Event {
-            v: 1,
-            seq: 1,
-            ts: String::new(),
-            host: String::new(),
-            data: Data::Exec(Exec {
-                filename: "/usr/bin/python3".into(),
-                argv: vec![],
-                listen_pid: Some(NumberOrString::Number(7)),
-                listen_fds: Some(NumberOrString::Number(names.len() as u64)),
-                listen_fdnames: Some(names.iter().map(|s| s.to_string()).collect()),
-            }),
-            process: Some(Process {
-                pid: 7,
-                comm: "python3".into(),
-                unit: Some("x.service".into()),
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn must_not_fire_on_distinct_names_or_one_accepted_connection() {
-        let mut r = FdnamesDuplicate::default();
-        let mut out = Vec::new();
-        r.observe(&exec(&["web", "admin"]), &mut out);
-        r.observe(&exec(&["connection"]), &mut out);
-        assert!(out.is_empty());
-    }
+    use crate::detect::testing::replay;
 
     #[test]
     fn the_recorded_two_address_socket_unit() {
         // Recorded on the test bed: tests/scenarios/fdnames, `sockact-trace --unit twice`.
-        let mut engine = crate::detect::Engine::default();
-        let mut found = Vec::new();
-        let fixture = include_str!("../../../tests/fixtures/fdnames_duplicate.ndjson");
-        for line in fixture.lines() {
-            let e: Event = serde_json::from_str(line).unwrap();
-            found.extend(engine.observe(&e));
-        }
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].rule, "fdnames_duplicate");
-        assert_eq!(found[0].unit.as_deref(), Some("twice.service"));
+        let found = replay(include_str!(
+            "../../../tests/fixtures/fdnames_duplicate.ndjson"
+        ));
+        let found: Vec<_> = found
+            .iter()
+            .filter(|f| f.rule == "fdnames_duplicate")
+            .collect();
+        assert_eq!(found.len(), 1, "once per unit and names: {found:?}");
+        let f = found[0];
+        assert_eq!(f.unit.as_deref(), Some("twice.service"));
+        assert_eq!(f.severity, "warning");
+        assert_eq!(f.figures["names"], json!(["admin"]));
+        assert_eq!(f.figures["fds"], 2);
     }
 
     #[test]
-    fn fires_once_per_unit_and_names() {
-        let mut r = FdnamesDuplicate::default();
-        let mut out = Vec::new();
-        r.observe(&exec(&["admin", "admin"]), &mut out);
-        r.observe(&exec(&["admin", "admin"]), &mut out);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].figures["names"], json!(["admin"]));
-        assert_eq!(out[0].figures["fds"], 2);
-        assert_eq!(out[0].severity, "warning");
+    fn distinct_names_and_accept_yes_connections_never_fire() {
+        // Recorded on the test bed: the healthy control (names echo and admin) and an
+        // Accept=yes unit (LISTEN_FDNAMES=connection for every instance).
+        for fixture in [
+            include_str!("../../../tests/fixtures/healthy_echo.ndjson"),
+            include_str!("../../../tests/fixtures/accept_yes.ndjson"),
+        ] {
+            assert!(replay(fixture).is_empty());
+        }
     }
 }

@@ -1,7 +1,17 @@
 //! The findings engine: one module per rule behind one small trait. Rules take plain events,
-//! do no I/O, and report one finding per episode.
+//! do no I/O, and report one finding per episode; time comes from the events themselves (and,
+//! live, from a clock tick), so a recorded stream replays to the same findings.
+pub mod activation_failed;
+pub mod context;
 pub mod double_bind;
 pub mod fdnames_duplicate;
+pub mod fds_ignored;
+pub mod listen_pid_mismatch;
+pub mod socket_inactive;
+pub mod thresholds;
+
+use context::Context;
+pub use thresholds::Thresholds;
 
 use crate::events::{Event, Finding};
 
@@ -10,50 +20,206 @@ pub const MAX_EVIDENCE: usize = 16;
 
 pub trait Rule {
     /// Looks at one event; pushes what it concludes.
-    fn observe(&mut self, event: &Event, out: &mut Vec<Finding>);
-    /// Decides what is pending when the stream ends.
-    fn flush(&mut self, _out: &mut Vec<Finding>) {}
+    fn observe(&mut self, ctx: &Context, event: &Event, out: &mut Vec<Finding>);
+    /// Decides what is due at `ctx.now`: called after every event and on a live timer.
+    fn tick(&mut self, _ctx: &Context, _out: &mut Vec<Finding>) {}
 }
 
 /// Every rule, fed the same stream.
 pub struct Engine {
-    rules: Vec<Box<dyn Rule>>,
+    ctx: Context,
+    rules: Vec<Box<dyn Rule + Send>>,
 }
 
 impl Default for Engine {
     fn default() -> Self {
-        Engine {
-            rules: vec![
-                Box::new(double_bind::DoubleBind::default()),
-                Box::new(fdnames_duplicate::FdnamesDuplicate::default()),
-            ],
-        }
+        Engine::new(Thresholds::default())
     }
 }
 
 impl Engine {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Engine {
+            ctx: Context::new(thresholds),
+            rules: vec![
+                Box::new(double_bind::DoubleBind::default()),
+                Box::new(listen_pid_mismatch::ListenPidMismatch::default()),
+                Box::new(fds_ignored::FdsIgnored::default()),
+                Box::new(fdnames_duplicate::FdnamesDuplicate::default()),
+                Box::new(activation_failed::ActivationFailed::default()),
+                Box::new(socket_inactive::SocketInactive::default()),
+            ],
+        }
+    }
+
     pub fn observe(&mut self, event: &Event) -> Vec<Finding> {
         let mut out = Vec::new();
+        self.ctx.learn(event);
         for rule in &mut self.rules {
-            rule.observe(event, &mut out);
+            rule.observe(&self.ctx, event, &mut out);
+        }
+        self.ctx.forget(event);
+        for rule in &mut self.rules {
+            rule.tick(&self.ctx, &mut out);
         }
         out
     }
 
-    pub fn flush(&mut self) -> Vec<Finding> {
+    /// Decides what is due at `now_ns` (Unix nanoseconds) with no new event.
+    pub fn tick(&mut self, now_ns: i128) -> Vec<Finding> {
         let mut out = Vec::new();
+        self.ctx.now = self.ctx.now.max(now_ns);
         for rule in &mut self.rules {
-            rule.flush(&mut out);
+            rule.tick(&self.ctx, &mut out);
         }
         out
+    }
+
+    /// Decides what is pending when the stream ends, at the time of its last event: a wait
+    /// that has not yet lasted its threshold is not a finding.
+    pub fn flush(&mut self) -> Vec<Finding> {
+        let now = self.ctx.now;
+        self.tick(now)
     }
 }
 
-/// An event as evidence: the complete object.
+/// Events as evidence: complete objects, at most [`MAX_EVIDENCE`], each once.
 pub fn evidence(events: &[&Event]) -> Vec<serde_json::Value> {
+    let mut seen = std::collections::HashSet::new();
     events
         .iter()
+        .filter(|e| seen.insert((e.ts.clone(), e.seq, e.data.kind())))
         .take(MAX_EVIDENCE)
         .filter_map(|e| serde_json::to_value(e).ok())
         .collect()
+}
+
+/// A rule's figures from a JSON object.
+pub fn figures(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+    match value {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// Milliseconds between two Unix-nanosecond times.
+pub fn millis(from: i128, to: i128) -> u64 {
+    u64::try_from((to - from).max(0) / 1_000_000).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+pub mod testing {
+    use super::Engine;
+    use crate::events::{Event, Finding};
+
+    /// The findings of a recorded stream, flushed at its end.
+    pub fn replay(fixture: &str) -> Vec<Finding> {
+        replay_with(fixture, super::Thresholds::default())
+    }
+
+    /// The same, with other thresholds.
+    pub fn replay_with(fixture: &str, thresholds: super::Thresholds) -> Vec<Finding> {
+        let mut engine = Engine::new(thresholds);
+        let mut findings = Vec::new();
+        for line in fixture.lines().filter(|l| !l.trim().is_empty()) {
+            let e: Event = serde_json::from_str(line).expect("a v1 event");
+            findings.extend(engine.observe(&e));
+        }
+        findings.extend(engine.flush());
+        findings
+    }
+
+    /// (rule, unit) of every finding, sorted, each once.
+    pub fn pairs(findings: &[Finding]) -> Vec<(String, String)> {
+        let mut p: Vec<(String, String)> = findings
+            .iter()
+            .map(|f| (f.rule.clone(), f.unit.clone().unwrap_or_default()))
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    }
+
+    /// Every stream recorded on the test bed replays to exactly the findings of its scenario:
+    /// no rule fires on another rule's scenario or on the healthy control.
+    #[test]
+    fn each_recorded_scenario_has_exactly_its_findings() {
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
+            (
+                "healthy_echo",
+                include_str!("../../../tests/fixtures/healthy_echo.ndjson"),
+                &[],
+            ),
+            (
+                "healthy_all",
+                include_str!("../../../tests/fixtures/healthy_all.ndjson"),
+                &[],
+            ),
+            (
+                "accept_yes",
+                include_str!("../../../tests/fixtures/accept_yes.ndjson"),
+                &[],
+            ),
+            (
+                "double_bind_in_use",
+                include_str!("../../../tests/fixtures/double_bind_in_use.ndjson"),
+                &[("double_bind", "broken.service")],
+            ),
+            (
+                "double_bind_reuseport_unix",
+                include_str!("../../../tests/fixtures/double_bind_reuseport_unix.ndjson"),
+                &[
+                    ("double_bind", "shared.service"),
+                    ("double_bind", "unixy.service"),
+                ],
+            ),
+            (
+                "fdnames_duplicate",
+                include_str!("../../../tests/fixtures/fdnames_duplicate.ndjson"),
+                &[
+                    ("fdnames_duplicate", "twice.service"),
+                    ("fds_ignored", "twice.service"),
+                ],
+            ),
+            (
+                "fds_ignored",
+                include_str!("../../../tests/fixtures/fds_ignored.ndjson"),
+                &[("fds_ignored", "ignorer.service")],
+            ),
+            (
+                "listen_pid_mismatch",
+                include_str!("../../../tests/fixtures/listen_pid_mismatch.ndjson"),
+                &[
+                    ("listen_pid_mismatch", "launcher.service"),
+                    ("listen_pid_mismatch", "shwrap.service"),
+                ],
+            ),
+            (
+                "activation_failed",
+                include_str!("../../../tests/fixtures/activation_failed.ndjson"),
+                &[("activation_failed", "crasher.service")],
+            ),
+            (
+                "socket_inactive",
+                include_str!("../../../tests/fixtures/socket_inactive.ndjson"),
+                &[("socket_inactive", "lonely.service")],
+            ),
+        ];
+        for (name, fixture, want) in cases {
+            let want: Vec<(String, String)> = want
+                .iter()
+                .map(|(r, u)| ((*r).to_owned(), (*u).to_owned()))
+                .collect();
+            assert_eq!(pairs(&replay(fixture)), want, "{name}");
+        }
+    }
+
+    /// The rules that fired, sorted, each once.
+    pub fn rules(findings: &[Finding]) -> Vec<&str> {
+        let mut r: Vec<&str> = findings.iter().map(|f| f.rule.as_str()).collect();
+        r.sort();
+        r.dedup();
+        r
+    }
 }

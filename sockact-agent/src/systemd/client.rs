@@ -190,6 +190,10 @@ impl Systemd {
             n_refused: take(&mut s, "NRefused").unwrap_or_default(),
             active_state: take(&mut unit, "ActiveState").unwrap_or_default(),
             sub_state: take(&mut unit, "SubState").unwrap_or_default(),
+            // A condition checked (timestamp set) and failed; a socket never started has
+            // ConditionResult=no too, with no timestamp.
+            condition_failed: !take::<bool>(&mut unit, "ConditionResult").unwrap_or(true)
+                && take::<u64>(&mut unit, "ConditionTimestampMonotonic").unwrap_or(0) != 0,
         })
     }
 

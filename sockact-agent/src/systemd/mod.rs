@@ -22,6 +22,9 @@ pub struct SocketUnit {
     pub n_refused: u32,
     pub active_state: String,
     pub sub_state: String,
+    /// Its last start was skipped by a failed Condition*= (e.g. journald's audit socket in a
+    /// container): it is not meant to listen.
+    pub condition_failed: bool,
 }
 
 /// A service unit, as org.freedesktop.systemd1.Service describes it.

@@ -1,0 +1,180 @@
+//! `activation_failed` (research/failure-modes.md L6, T4, N3): connections are queued on a
+//! listener and its service never starts, or starts and exits without accepting. One finding a
+//! failing streak: systemd starts the service again and again while the connection waits, and
+//! the streak ends when a process of the service accepts.
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+
+use super::{
+    Rule,
+    context::{Context, listen_fds, time_of, unit_of},
+    evidence, figures,
+};
+use crate::events::{Data, Event, Finding};
+
+/// How long after an unserved exit a queued connection still counts: the queue is sampled.
+const QUEUE_LAG_MS: i128 = 1000;
+
+/// A process that was passed fds and exited without any process of its service accepting.
+struct Unserved {
+    exec: Event,
+    exit: Event,
+}
+
+#[derive(Default)]
+pub struct ActivationFailed {
+    /// Service -> its last unserved exit, waiting for proof that connections were queued.
+    unserved: HashMap<String, Unserved>,
+    /// Services reported in their current failing streak.
+    reported: HashSet<String>,
+}
+
+impl ActivationFailed {
+    fn decide(
+        &mut self,
+        ctx: &Context,
+        service: &str,
+        failed: Option<&Event>,
+        out: &mut Vec<Finding>,
+    ) {
+        if self.reported.contains(service) {
+            return;
+        }
+        let Some((addr, w)) = ctx.waiting_for(service) else {
+            return;
+        };
+        let unserved = self.unserved.get(service);
+        if failed.is_none() && unserved.is_none() {
+            return;
+        }
+        // The connection must have waited while it failed, not arrived later.
+        if let Some(u) = unserved
+            && failed.is_none()
+            && w.since > time_of(&u.exit) + QUEUE_LAG_MS * 1_000_000
+        {
+            return;
+        }
+        // The cause is known and reported by its own rule.
+        if ctx.explained(service) {
+            return;
+        }
+        self.reported.insert(service.to_owned());
+        let socket_unit = ctx.socket_unit_of_listener(addr, w);
+        let mut figs = json!({ "listener": addr, "queued": w.depth });
+        let mut proof: Vec<&Event> = Vec::new();
+        if let Some(l) = ctx.listener(addr) {
+            proof.push(&l.event);
+        }
+        proof.push(&w.first);
+        let what = match unserved {
+            Some(u) => {
+                proof.push(&u.exec);
+                proof.push(&u.exit);
+                match &u.exit.data {
+                    Data::Exit(x) if x.signal.is_some() => {
+                        let sig = x.signal.clone().unwrap_or_default();
+                        figs["signal"] = json!(sig);
+                        format!("was killed by {sig}")
+                    }
+                    Data::Exit(x) => {
+                        let code = x.exit_code.unwrap_or(0);
+                        figs["exit_code"] = json!(code);
+                        format!("exited with code {code}")
+                    }
+                    _ => "exited".into(),
+                }
+            }
+            None => "never started".into(),
+        };
+        if let Some(f) = failed {
+            proof.push(f);
+        }
+        proof.push(&w.last);
+        out.push(Finding {
+            rule: "activation_failed".into(),
+            severity: "error".into(),
+            unit: Some(service.to_owned()),
+            socket_unit,
+            message: format!(
+                "{} connection(s) wait on {addr} and {service} {what} without accepting one.",
+                w.depth
+            ),
+            hint: format!(
+                "Read why it stopped (journalctl -u {service}); fix the start-up error, and make sure the service accepts on the passed fd before anything that can fail slowly."
+            ),
+            evidence: evidence(&proof),
+            figures: figures(figs),
+        });
+    }
+}
+
+impl Rule for ActivationFailed {
+    fn observe(&mut self, ctx: &Context, e: &Event, out: &mut Vec<Finding>) {
+        match &e.data {
+            Data::Accept(a) if a.outcome.errno.is_none() => {
+                if let Some(unit) = unit_of(e) {
+                    self.reported.remove(unit);
+                    self.unserved.remove(unit);
+                }
+            }
+            Data::Exit(_) => {
+                let (Some(p), Some(service)) = (&e.process, unit_of(e)) else {
+                    return;
+                };
+                let Some(exec) = ctx.exec_of(p.pid).filter(|x| listen_fds(x).is_some()) else {
+                    return;
+                };
+                let served = ctx.last_accept(service).is_some_and(|t| t >= time_of(exec));
+                if served {
+                    return;
+                }
+                let service = service.to_owned();
+                self.unserved.insert(
+                    service.clone(),
+                    Unserved {
+                        exec: exec.clone(),
+                        exit: e.clone(),
+                    },
+                );
+                self.decide(ctx, &service, None, out);
+            }
+            Data::Queue(q) if q.depth > 0 => {
+                let services: Vec<String> = self.unserved.keys().cloned().collect();
+                for s in services {
+                    self.decide(ctx, &s, None, out);
+                }
+            }
+            Data::Unit(u) if u.unit.ends_with(".service") && u.active_state == "failed" => {
+                self.decide(ctx, &u.unit.clone(), Some(e), out);
+            }
+            _ => {}
+        }
+    }
+
+    fn tick(&mut self, ctx: &Context, _out: &mut Vec<Finding>) {
+        // An unserved exit with no queued connection in sight is forgotten.
+        self.unserved
+            .retain(|_, u| ctx.now - time_of(&u.exit) <= QUEUE_LAG_MS * 1_000_000);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::detect::testing::{replay, rules};
+
+    #[test]
+    fn a_service_that_exits_1_while_a_client_waits() {
+        // Recorded on the test bed: tests/scenarios/activation-failed, `sockact-trace --unit crasher`.
+        let findings = replay(include_str!(
+            "../../../tests/fixtures/activation_failed.ndjson"
+        ));
+        assert_eq!(rules(&findings), ["activation_failed"], "{findings:?}");
+        let f = &findings[0];
+        assert_eq!(f.unit.as_deref(), Some("crasher.service"));
+        assert_eq!(f.figures["exit_code"], 1);
+        assert!(f.evidence.iter().any(|e| e["kind"] == "exit"));
+        assert!(f.evidence.iter().any(|e| e["kind"] == "queue"));
+        assert_eq!(findings.len(), 1, "one per failing streak");
+    }
+}

@@ -1,0 +1,352 @@
+//! What several rules need to know, learned once from the stream: the time, the live processes
+//! and how they were exec'd, systemd's listeners and the socket units that own them, which
+//! service each socket unit starts, the last state of every unit, and the connections waiting
+//! on a listener.
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use super::thresholds::Thresholds;
+use crate::{
+    clock::parse_rfc3339,
+    events::{Data, Event, NumberOrString, Process, Unit},
+};
+
+/// One of systemd's listening sockets.
+#[derive(Clone, Debug)]
+pub struct Listening {
+    pub socket_unit: Option<String>,
+    pub inode: Option<u64>,
+    /// The event that showed it: a `listener`, systemd's `listen`, or a unit's `resolved`.
+    pub event: Event,
+}
+
+/// Connections waiting in a listener's accept queue that nobody has accepted since `since`.
+#[derive(Clone, Debug)]
+pub struct Waiting {
+    /// When the queue became non-empty, or when the last accept on it happened.
+    pub since: i128,
+    pub depth: u32,
+    pub socket_unit: Option<String>,
+    pub inode: Option<u64>,
+    /// The queue event that started the wait, and the latest one.
+    pub first: Event,
+    pub last: Event,
+}
+
+#[derive(Default)]
+pub struct Context {
+    pub thresholds: Thresholds,
+    /// The time of the latest event or tick, Unix nanoseconds.
+    pub now: i128,
+    /// Live processes and the exec that made them what they are.
+    execs: HashMap<u32, Event>,
+    /// systemd's listeners by address.
+    listeners: HashMap<String, Listening>,
+    /// Socket unit -> the service it starts.
+    triggers: HashMap<String, String>,
+    /// The latest `unit` event of every unit.
+    units: HashMap<String, Event>,
+    /// Listener address -> connections waiting on it.
+    waiting: HashMap<String, Waiting>,
+    /// Service -> time of the last successful accept by one of its processes.
+    last_accept: HashMap<String, i128>,
+    /// Services seen not taking their fds, for a reason another rule names: a process bound
+    /// an address systemd holds (double_bind) or got a LISTEN_PID not its own
+    /// (listen_pid_mismatch). Until one of them accepts on a systemd listener.
+    explained: HashSet<String>,
+}
+
+/// An event's time, Unix nanoseconds (0 when unreadable).
+pub fn time_of(e: &Event) -> i128 {
+    parse_rfc3339(&e.ts).unwrap_or(0)
+}
+
+/// systemd itself, or the helper it forks to bind a socket unit's address.
+pub fn is_manager(e: &Event) -> bool {
+    e.process
+        .as_ref()
+        .is_some_and(|p| p.comm == "systemd" || p.comm == "(sd-listen)")
+}
+
+/// A process's PID as it sees itself: LISTEN_PID is relative to its PID namespace.
+pub fn own_pid(p: &Process) -> u32 {
+    p.ns_pid.unwrap_or(p.pid)
+}
+
+/// LISTEN_FDS of an exec, when it is a positive number.
+pub fn listen_fds(e: &Event) -> Option<u64> {
+    match &e.data {
+        Data::Exec(x) => match x.listen_fds {
+            Some(NumberOrString::Number(n)) if n > 0 => Some(n),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// LISTEN_PID of an exec when it is a number.
+pub fn listen_pid(e: &Event) -> Option<u64> {
+    match &e.data {
+        Data::Exec(x) => match x.listen_pid {
+            Some(NumberOrString::Number(n)) => Some(n),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The unit of the process that caused an event.
+pub fn unit_of(e: &Event) -> Option<&str> {
+    e.process.as_ref().and_then(|p| p.unit.as_deref())
+}
+
+/// Whether an Accept=yes instance (`name@...service`) ran it: such instances get a connection,
+/// not a listener.
+pub fn is_instance(unit: &str) -> bool {
+    crate::systemd::template_socket_of(unit).is_some()
+}
+
+impl Context {
+    pub fn new(thresholds: Thresholds) -> Self {
+        Context {
+            thresholds,
+            ..Default::default()
+        }
+    }
+
+    /// Takes in what an event says, before the rules see it.
+    pub fn learn(&mut self, e: &Event) {
+        let t = time_of(e);
+        self.now = self.now.max(t);
+        match &e.data {
+            Data::Exec(_) => {
+                if let Some(p) = &e.process {
+                    self.execs.insert(p.pid, e.clone());
+                }
+                if is_mismatched(e)
+                    && let Some(unit) = unit_of(e)
+                {
+                    self.explained.insert(unit.to_owned());
+                }
+            }
+            Data::Bind(b) if !is_manager(e) => {
+                let systemds = self.listeners.contains_key(&b.endpoint.addr)
+                    || b.outcome.errno.as_deref() == Some("EADDRINUSE");
+                if systemds && let Some(unit) = unit_of(e) {
+                    self.explained.insert(unit.to_owned());
+                }
+            }
+            Data::Listener(l) if l.action != "close" => {
+                self.listeners.insert(
+                    l.addr.clone(),
+                    Listening {
+                        socket_unit: l.socket_unit.clone(),
+                        inode: l.inode,
+                        event: e.clone(),
+                    },
+                );
+            }
+            Data::Listener(l) => {
+                self.listeners.remove(&l.addr);
+                self.waiting.remove(&l.addr);
+            }
+            Data::Listen(l) if is_manager(e) && l.outcome.errno.is_none() => {
+                let socket_unit = e.process.as_ref().and_then(|p| p.socket_unit.clone());
+                self.listeners.insert(
+                    l.endpoint.addr.clone(),
+                    Listening {
+                        socket_unit,
+                        inode: l.socket.inode,
+                        event: e.clone(),
+                    },
+                );
+            }
+            Data::Unit(u) => self.learn_unit(u, e),
+            Data::Queue(q) => {
+                if q.depth == 0 {
+                    self.waiting.remove(&q.listener);
+                } else {
+                    let w = self.waiting.entry(q.listener.clone()).or_insert(Waiting {
+                        since: t,
+                        depth: q.depth,
+                        socket_unit: q.socket_unit.clone(),
+                        inode: q.socket.inode,
+                        first: e.clone(),
+                        last: e.clone(),
+                    });
+                    w.depth = q.depth;
+                    w.last = e.clone();
+                }
+            }
+            Data::Accept(a) if a.outcome.errno.is_none() => {
+                if let Some(unit) = unit_of(e) {
+                    self.last_accept.insert(unit.to_owned(), t);
+                    let on_systemds = a
+                        .listener
+                        .as_deref()
+                        .and_then(|l| self.listeners.get(l))
+                        .is_some_and(|l| {
+                            l.inode.is_none()
+                                || a.socket.inode.is_none()
+                                || l.inode == a.socket.inode
+                        });
+                    if on_systemds {
+                        self.explained.remove(unit);
+                    }
+                }
+                if let Some(addr) = &a.listener
+                    && let Some(w) = self.waiting.get_mut(addr)
+                    && (w.inode.is_none() || a.socket.inode.is_none() || w.inode == a.socket.inode)
+                {
+                    w.since = t;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Forgets what ended with an event, after the rules saw it.
+    pub fn forget(&mut self, e: &Event) {
+        if let (Data::Exit(_), Some(p)) = (&e.data, &e.process) {
+            self.execs.remove(&p.pid);
+        }
+    }
+
+    fn learn_unit(&mut self, u: &Unit, e: &Event) {
+        if let Some(t) = u.triggers.as_ref().and_then(|t| t.first()) {
+            self.triggers.insert(u.unit.clone(), t.clone());
+        }
+        for addr in u.listen.iter().flatten() {
+            self.listeners
+                .entry(addr.clone())
+                .or_insert_with(|| Listening {
+                    socket_unit: Some(u.unit.clone()),
+                    inode: None,
+                    event: e.clone(),
+                });
+        }
+        // A change carries the states; `resolved` and `triggers` are kept from the first.
+        let mut latest = e.clone();
+        if let (Some(Data::Unit(prev)), Data::Unit(now)) =
+            (self.units.get(&u.unit).map(|p| &p.data), &mut latest.data)
+            && now.triggers.is_none()
+        {
+            now.triggers.clone_from(&prev.triggers);
+        }
+        self.units.insert(u.unit.clone(), latest);
+    }
+
+    /// The exec of a live process.
+    pub fn exec_of(&self, pid: u32) -> Option<&Event> {
+        self.execs.get(&pid)
+    }
+
+    /// Live processes of `service` exec'd with LISTEN_FDS, oldest first.
+    pub fn activated(&self, service: &str) -> Vec<&Event> {
+        let mut found: Vec<&Event> = self
+            .execs
+            .values()
+            .filter(|e| unit_of(e) == Some(service) && listen_fds(e).is_some())
+            .collect();
+        found.sort_by_key(|e| time_of(e));
+        found
+    }
+
+    /// Whether a process was exec'd with fds and a LISTEN_PID that is not its own: it cannot
+    /// take them the way sd_listen_fds does.
+    pub fn mismatched(&self, pid: u32) -> bool {
+        self.execs.get(&pid).is_some_and(is_mismatched)
+    }
+
+    pub fn listener(&self, addr: &str) -> Option<&Listening> {
+        self.listeners.get(addr)
+    }
+
+    /// The service a socket unit starts: what systemd said, else the socket's own name.
+    pub fn service_of(&self, socket_unit: &str) -> Option<String> {
+        if let Some(s) = self.triggers.get(socket_unit) {
+            return Some(s.clone());
+        }
+        let stem = socket_unit.strip_suffix(".socket")?;
+        Some(format!("{stem}.service"))
+    }
+
+    /// The socket units known to start `service`.
+    pub fn sockets_of(&self, service: &str) -> BTreeSet<String> {
+        let mut names: BTreeSet<String> = self
+            .listeners
+            .values()
+            .filter_map(|l| l.socket_unit.clone())
+            .chain(
+                self.units
+                    .keys()
+                    .filter(|u| u.ends_with(".socket"))
+                    .cloned(),
+            )
+            .filter(|s| self.service_of(s).as_deref() == Some(service))
+            .collect();
+        names.extend(
+            self.triggers
+                .iter()
+                .filter(|(_, t)| t.as_str() == service)
+                .map(|(s, _)| s.clone()),
+        );
+        names
+    }
+
+    /// The latest `unit` event of a unit.
+    pub fn unit(&self, name: &str) -> Option<&Event> {
+        self.units.get(name)
+    }
+
+    /// Every unit's latest event.
+    pub fn units(&self) -> impl Iterator<Item = &Event> {
+        self.units.values()
+    }
+
+    /// Listeners with connections waiting, by address.
+    pub fn waiting(&self) -> impl Iterator<Item = (&String, &Waiting)> {
+        self.waiting.iter()
+    }
+
+    /// Waiting connections on a listener of one of `service`'s socket units.
+    pub fn waiting_for(&self, service: &str) -> Option<(&String, &Waiting)> {
+        let mut found: Vec<(&String, &Waiting)> = self
+            .waiting
+            .iter()
+            .filter(|(addr, w)| {
+                self.socket_unit_of_listener(addr, w)
+                    .as_deref()
+                    .and_then(|s| self.service_of(s))
+                    .as_deref()
+                    == Some(service)
+            })
+            .collect();
+        found.sort_by_key(|(_, w)| w.since);
+        found.into_iter().next()
+    }
+
+    /// The socket unit that owns a waiting listener.
+    pub fn socket_unit_of_listener(&self, addr: &str, w: &Waiting) -> Option<String> {
+        w.socket_unit
+            .clone()
+            .or_else(|| self.listeners.get(addr).and_then(|l| l.socket_unit.clone()))
+    }
+
+    /// Whether `service` is known not to take its fds for a reason another rule reports.
+    pub fn explained(&self, service: &str) -> bool {
+        self.explained.contains(service)
+    }
+
+    /// When a process of `service` last accepted a connection.
+    pub fn last_accept(&self, service: &str) -> Option<i128> {
+        self.last_accept.get(service).copied()
+    }
+}
+
+/// Whether an exec passed fds with a LISTEN_PID that is not the process's own.
+pub fn is_mismatched(exec: &Event) -> bool {
+    let (Some(p), Some(pid)) = (&exec.process, listen_pid(exec)) else {
+        return false;
+    };
+    listen_fds(exec).is_some() && pid != own_pid(p) as u64
+}
