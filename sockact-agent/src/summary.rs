@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::{
     detect::context::{Context, listen_fds, time_of, unit_of},
     events::{Data, Event, Percentiles, Summary, UnitSummary},
+    systemd::template_socket_of,
 };
 
 #[derive(Default)]
@@ -68,8 +69,13 @@ impl Tally {
                 }
             }
             Data::Exec(_) if listen_fds(e).is_some() => {
-                if let Some(u) = unit_of(e) {
-                    *self.activations.entry(u.to_owned()).or_default() += 1;
+                // Accept=yes instances count for the service their socket unit is named after.
+                let service = unit_of(e).and_then(|u| match template_socket_of(u) {
+                    Some(socket) => self.ctx.service_of(&socket),
+                    None => Some(u.to_owned()),
+                });
+                if let Some(u) = service {
+                    *self.activations.entry(u).or_default() += 1;
                 }
             }
             Data::Finding(f) => {
@@ -195,6 +201,19 @@ mod tests {
             .find(|u| u.socket_unit == "broken.socket")
             .unwrap();
         assert_eq!(broken.findings["double_bind"], 1);
+    }
+
+    #[test]
+    fn accept_yes_instances_are_activations_of_their_socket_unit() {
+        // Recorded on the test bed: tests/scenarios/accept-yes, two connections.
+        let (t, last) = tally(include_str!("../../tests/fixtures/accept_yes.ndjson"));
+        let s = t.summary(last);
+        let hello = s
+            .units
+            .iter()
+            .find(|u| u.socket_unit == "hello.socket")
+            .unwrap();
+        assert!(hello.activations >= 2, "{hello:?}");
     }
 
     #[test]

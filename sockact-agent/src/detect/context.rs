@@ -178,7 +178,8 @@ impl Context {
                 }
             }
             Data::Accept(a) if a.outcome.errno.is_none() => {
-                if let Some(unit) = unit_of(e) {
+                // Accept=yes instances are one a connection: keyed by name, they would pile up.
+                if let Some(unit) = unit_of(e).filter(|u| !is_instance(u)) {
                     self.last_accept.insert(unit.to_owned(), t);
                     let on_systemds = a
                         .listener

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{
     Rule,
-    context::{Context, is_manager, time_of, unit_of},
+    context::{Context, is_instance, is_manager, time_of, unit_of},
     evidence, figures, millis,
 };
 use crate::events::{Data, Event, Finding};
@@ -29,7 +29,7 @@ impl Rule for FdsIgnored {
         if !matches!(e.data, Data::Bind(_) | Data::Listen(_)) || is_manager(e) {
             return;
         }
-        if let Some(unit) = unit_of(e) {
+        if let Some(unit) = unit_of(e).filter(|u| !is_instance(u)) {
             let own = self.own.entry(unit.to_owned()).or_default();
             if own.len() == KEEP_OWN {
                 own.remove(0);
@@ -39,6 +39,8 @@ impl Rule for FdsIgnored {
     }
 
     fn tick(&mut self, ctx: &Context, out: &mut Vec<Finding>) {
+        // An episode ends with its process.
+        self.reported.retain(|(_, pid)| ctx.exec_of(*pid).is_some());
         let after_ms = ctx.thresholds.get("fds_ignored", "after_ms");
         for (addr, w) in ctx.waiting() {
             let Some(socket_unit) = ctx.socket_unit_of_listener(addr, w) else {

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::{
     Rule,
-    context::{Context, is_mismatched, listen_pid, own_pid, time_of, unit_of},
+    context::{Context, is_instance, is_mismatched, listen_pid, own_pid, time_of, unit_of},
     evidence, figures, millis,
 };
 use crate::events::{Data, Event, Finding};
@@ -84,7 +84,8 @@ impl ListenPidMismatch {
 
 impl Rule for ListenPidMismatch {
     fn observe(&mut self, ctx: &Context, e: &Event, out: &mut Vec<Finding>) {
-        let Some(service) = unit_of(e).map(str::to_owned) else {
+        // Accept=yes instances get a connection, not listeners: nothing to mismatch.
+        let Some(service) = unit_of(e).filter(|u| !is_instance(u)).map(str::to_owned) else {
             return;
         };
         match &e.data {
