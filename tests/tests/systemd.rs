@@ -462,13 +462,21 @@ fn two_listen_lines_in_one_socket_unit_share_one_fd_name() {
 
 #[test]
 fn a_service_that_closes_fd_3_and_serves_elsewhere_ignores_its_fds() {
-    let c = Container::boot("fds-ignored", 2);
+    let c = Container::boot("fds-ignored", 3);
     let mut t = traces(&c, "ignorer");
     let _client = waiting(c.port(1));
+    // The control: a busy service whose second client waits 4 s while it serves the first.
+    let slow = c.port(3);
+    let busy: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || ask(slow)))
+        .collect();
     let f = both_find(&mut t, "fds_ignored", "ignorer.service", WAIT);
     assert_eq!(ask(c.port(2)), "elsewhere");
+    for b in busy {
+        assert_eq!(b.join().unwrap(), "slow");
+    }
     let (one, all) = (t.0.stop(), t.1.stop());
-    record("fds_ignored", &one);
+    record("fds_ignored", &all);
     assert_eq!(f["severity"], "error");
     assert_eq!(f["socket_unit"], "ignorer.socket");
     assert_eq!(f["listener"], format!("127.0.0.1:{}", c.port(1)));

@@ -49,6 +49,9 @@ pub struct Context {
     waiting: HashMap<String, Waiting>,
     /// Service -> time of the last successful accept by one of its processes.
     last_accept: HashMap<String, i128>,
+    /// Listener address -> time of the last accept on it (on systemd's socket, where the
+    /// inodes tell).
+    accepted_on: HashMap<String, i128>,
     /// Services seen not taking their fds, for a reason another rule names: a process bound
     /// an address systemd holds (double_bind) or got a LISTEN_PID not its own
     /// (listen_pid_mismatch). Until one of them accepts on a systemd listener.
@@ -194,6 +197,16 @@ impl Context {
                         self.explained.remove(unit);
                     }
                 }
+                let on_systemds = a
+                    .listener
+                    .as_deref()
+                    .and_then(|l| self.listeners.get(l))
+                    .is_none_or(|l| {
+                        l.inode.is_none() || a.socket.inode.is_none() || l.inode == a.socket.inode
+                    });
+                if let Some(addr) = a.listener.as_ref().filter(|_| on_systemds) {
+                    self.accepted_on.insert(addr.clone(), t);
+                }
                 if let Some(addr) = &a.listener
                     && let Some(w) = self.waiting.get_mut(addr)
                     && (w.inode.is_none() || a.socket.inode.is_none() || w.inode == a.socket.inode)
@@ -336,6 +349,11 @@ impl Context {
     /// Whether `service` is known not to take its fds for a reason another rule reports.
     pub fn explained(&self, service: &str) -> bool {
         self.explained.contains(service)
+    }
+
+    /// When a connection was last accepted on a listener.
+    pub fn last_accept_on(&self, addr: &str) -> Option<i128> {
+        self.accepted_on.get(addr).copied()
     }
 
     /// When a process of `service` last accepted a connection.
