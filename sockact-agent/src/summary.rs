@@ -8,6 +8,9 @@ use crate::{
     systemd::template_socket_of,
 };
 
+/// Accept waits kept per socket unit.
+const MAX_WAIT_SAMPLES: usize = 100_000;
+
 #[derive(Default)]
 struct Row {
     listeners: BTreeSet<String>,
@@ -42,7 +45,7 @@ impl Tally {
         self.last = self.last.max(t);
         self.ctx.learn(e);
         match &e.data {
-            Data::Lost(l) => self.lost += l.count,
+            Data::Lost(l) => self.lost = self.lost.saturating_add(l.count),
             Data::Listener(l) if l.action != "close" => {
                 if let Some(s) = &l.socket_unit {
                     let row = self.rows.entry(s.clone()).or_default();
@@ -65,7 +68,10 @@ impl Tally {
                 if let Some(s) = e.process.as_ref().and_then(|p| p.socket_unit.clone()) {
                     let row = self.rows.entry(s).or_default();
                     row.accepts += 1;
-                    row.accept_wait_us.extend(a.wait_us);
+                    // Enough for the percentiles; a trace of weeks must not grow with them.
+                    if row.accept_wait_us.len() < MAX_WAIT_SAMPLES {
+                        row.accept_wait_us.extend(a.wait_us);
+                    }
                 }
             }
             Data::Exec(_) if listen_fds(e).is_some() => {
@@ -91,6 +97,7 @@ impl Tally {
             }
             _ => {}
         }
+        self.ctx.forget(e);
     }
 
     /// The summary at `now` (Unix nanoseconds; 0 for the time of the last event).

@@ -89,7 +89,16 @@ fn unit_selector_resolves_both_sockets_attributes_and_follows_a_restart() {
     assert_eq!(ask(c.port(1)), "echo");
     let pid = c.main_pid("echo.service");
     trace.wait_for(WAIT, |v| v["kind"] == "accept" && v["pid"] == pid);
+    // Clients through the restart: the old process ends with SIGTERM, which is no failure.
+    let port = c.port(1);
+    let clients = std::thread::spawn(move || {
+        for _ in 0..20 {
+            assert_eq!(ask(port), "echo");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    });
     c.systemctl_ok(&["restart", "echo.service"]);
+    clients.join().expect("every client served");
     trace.wait_for(WAIT, |v| {
         v["kind"] == "unit" && v["unit"] == "echo.service" && v["change"] == "restarted"
     });

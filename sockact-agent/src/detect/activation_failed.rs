@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{
     Rule,
-    context::{Context, listen_fds, time_of, unit_of},
+    context::{Context, is_main, time_of, unit_of},
     evidence, figures,
 };
 use crate::events::{Data, Event, Finding};
@@ -28,6 +28,19 @@ pub struct ActivationFailed {
     unserved: HashMap<String, Unserved>,
     /// Services reported in their current failing streak.
     reported: HashSet<String>,
+    /// Services whose failing streak another rule explains (double_bind, listen_pid_mismatch).
+    explained: HashSet<String>,
+}
+
+/// Whether an exit is how a stop or restart ends a process, not a failure.
+fn stopped(exit: &Event) -> bool {
+    match &exit.data {
+        Data::Exit(x) => match &x.signal {
+            Some(sig) => matches!(sig.as_str(), "SIGTERM" | "SIGINT" | "SIGHUP" | "SIGKILL"),
+            None => x.exit_code == Some(0),
+        },
+        _ => false,
+    }
 }
 
 impl ActivationFailed {
@@ -56,7 +69,12 @@ impl ActivationFailed {
             return;
         }
         // The cause is known and reported by its own rule.
-        if ctx.explained(service) {
+        if ctx.explained(service) || self.explained.contains(service) {
+            return;
+        }
+        // Served since that process started: not a failed activation.
+        let started = unserved.map_or(i128::MIN, |u| time_of(&u.exec));
+        if ctx.last_accept_on(addr).is_some_and(|t| t >= started) {
             return;
         }
         self.reported.insert(service.to_owned());
@@ -112,21 +130,32 @@ impl ActivationFailed {
 impl Rule for ActivationFailed {
     fn observe(&mut self, ctx: &Context, e: &Event, out: &mut Vec<Finding>) {
         match &e.data {
-            Data::Accept(a) if a.outcome.errno.is_none() => {
+            Data::Accept(a) if a.outcome.errno.is_none() && ctx.on_systemds_listener(e) => {
                 if let Some(unit) = unit_of(e) {
                     self.reported.remove(unit);
                     self.unserved.remove(unit);
+                    self.explained.remove(unit);
                 }
             }
             Data::Exit(_) => {
                 let (Some(p), Some(service)) = (&e.process, unit_of(e)) else {
                     return;
                 };
-                let Some(exec) = ctx.exec_of(p.pid).filter(|x| listen_fds(x).is_some()) else {
+                // The process systemd started with the fds (LISTEN_PID its own).
+                let Some(exec) = ctx.exec_of(p.pid).filter(|x| is_main(x)) else {
                     return;
                 };
-                let served = ctx.last_accept(service).is_some_and(|t| t >= time_of(exec));
-                if served {
+                if ctx.explained(service) {
+                    self.explained.insert(service.to_owned());
+                    return;
+                }
+                // A stop or restart ends a process with SIGTERM, or a clean exit: a failure
+                // only when a connection waited through its whole life.
+                if stopped(e)
+                    && ctx
+                        .waiting_for(service)
+                        .is_none_or(|(_, w)| w.since > time_of(exec))
+                {
                     return;
                 }
                 let service = service.to_owned();

@@ -132,8 +132,10 @@ impl Context {
                 }
             }
             Data::Bind(b) if !is_manager(e) => {
+                // An address systemd holds: from its listeners, or attribution matched it to a
+                // socket unit's Listen= (a clash on some other port explains nothing).
                 let systemds = self.listeners.contains_key(&b.endpoint.addr)
-                    || b.outcome.errno.as_deref() == Some("EADDRINUSE");
+                    || e.process.as_ref().is_some_and(|p| p.socket_unit.is_some());
                 if systemds && let Some(unit) = unit_of(e) {
                     self.explained.insert(unit.to_owned());
                 }
@@ -181,29 +183,14 @@ impl Context {
                 }
             }
             Data::Accept(a) if a.outcome.errno.is_none() => {
+                let on_systemds = self.on_systemds_listener(e);
                 // Accept=yes instances are one a connection: keyed by name, they would pile up.
                 if let Some(unit) = unit_of(e).filter(|u| !is_instance(u)) {
                     self.last_accept.insert(unit.to_owned(), t);
-                    let on_systemds = a
-                        .listener
-                        .as_deref()
-                        .and_then(|l| self.listeners.get(l))
-                        .is_some_and(|l| {
-                            l.inode.is_none()
-                                || a.socket.inode.is_none()
-                                || l.inode == a.socket.inode
-                        });
                     if on_systemds {
                         self.explained.remove(unit);
                     }
                 }
-                let on_systemds = a
-                    .listener
-                    .as_deref()
-                    .and_then(|l| self.listeners.get(l))
-                    .is_none_or(|l| {
-                        l.inode.is_none() || a.socket.inode.is_none() || l.inode == a.socket.inode
-                    });
                 if let Some(addr) = a.listener.as_ref().filter(|_| on_systemds) {
                     self.accepted_on.insert(addr.clone(), t);
                 }
@@ -220,8 +207,26 @@ impl Context {
 
     /// Forgets what ended with an event, after the rules saw it.
     pub fn forget(&mut self, e: &Event) {
-        if let (Data::Exit(_), Some(p)) = (&e.data, &e.process) {
-            self.execs.remove(&p.pid);
+        if let (Data::Exit(_), Some(p)) = (&e.data, &e.process)
+            && let Some(exec) = self.execs.remove(&p.pid)
+            && is_main(&exec)
+            && let Some(unit) = unit_of(&exec)
+        {
+            // The activation is over: what explained it ends with it.
+            self.explained.remove(unit);
+        }
+    }
+
+    /// Whether an accept took a connection from one of systemd's listeners (where the inodes
+    /// tell; a listener not known to be systemd's counts, so that a trace started late still
+    /// sees its service serve).
+    pub fn on_systemds_listener(&self, e: &Event) -> bool {
+        let Data::Accept(a) = &e.data else {
+            return false;
+        };
+        match a.listener.as_deref().and_then(|l| self.listeners.get(l)) {
+            Some(l) => l.inode.is_none() || a.socket.inode.is_none() || l.inode == a.socket.inode,
+            None => a.listener.is_some(),
         }
     }
 
@@ -229,14 +234,24 @@ impl Context {
         if let Some(t) = u.triggers.as_ref().and_then(|t| t.first()) {
             self.triggers.insert(u.unit.clone(), t.clone());
         }
+        // A socket unit that is not listening holds no address: its service may bind it.
+        let listening = u.active_state == "active";
         for addr in u.listen.iter().flatten() {
+            if listening {
+                self.listeners
+                    .entry(addr.clone())
+                    .or_insert_with(|| Listening {
+                        socket_unit: Some(u.unit.clone()),
+                        inode: None,
+                        event: e.clone(),
+                    });
+            }
+        }
+        if u.unit.ends_with(".socket") && matches!(u.active_state.as_str(), "inactive" | "failed") {
             self.listeners
-                .entry(addr.clone())
-                .or_insert_with(|| Listening {
-                    socket_unit: Some(u.unit.clone()),
-                    inode: None,
-                    event: e.clone(),
-                });
+                .retain(|_, l| l.socket_unit.as_deref() != Some(u.unit.as_str()));
+            self.waiting
+                .retain(|_, w| w.socket_unit.as_deref() != Some(u.unit.as_str()));
         }
         // A change carries the states; `resolved` and `triggers` are kept from the first.
         let mut latest = e.clone();
@@ -360,6 +375,11 @@ impl Context {
     pub fn last_accept(&self, service: &str) -> Option<i128> {
         self.last_accept.get(service).copied()
     }
+}
+
+/// Whether an exec made a service's main process: fds passed, LISTEN_PID its own.
+pub fn is_main(exec: &Event) -> bool {
+    listen_fds(exec).is_some() && !is_mismatched(exec)
 }
 
 /// Whether an exec passed fds with a LISTEN_PID that is not the process's own.

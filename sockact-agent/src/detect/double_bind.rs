@@ -43,10 +43,13 @@ impl Rule for DoubleBind {
         if !activated {
             return;
         }
+        // A bind that succeeds is a double bind only while systemd listens there: with its
+        // socket unit stopped, the address is free for the service to take.
+        let listening = ctx.listener(addr).is_some();
         let mode = match (&b.outcome.errno, b.endpoint.family.as_str()) {
             (Some(errno), _) if errno == "EADDRINUSE" => "in_use",
-            (None, "unix") => "unix_rebind",
-            (None, _) if b.reuseport => "reuseport",
+            (None, "unix") if listening => "unix_rebind",
+            (None, _) if b.reuseport && listening => "reuseport",
             _ => return,
         };
         let who = p.unit.clone().unwrap_or_else(|| format!("pid {}", p.pid));

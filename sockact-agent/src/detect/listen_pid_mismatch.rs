@@ -14,7 +14,9 @@ use serde_json::json;
 
 use super::{
     Rule,
-    context::{Context, is_instance, is_mismatched, listen_pid, own_pid, time_of, unit_of},
+    context::{
+        Context, is_instance, is_main, is_mismatched, listen_pid, own_pid, time_of, unit_of,
+    },
     evidence, figures, millis,
 };
 use crate::events::{Data, Event, Finding};
@@ -70,7 +72,15 @@ impl ListenPidMismatch {
             rule: "listen_pid_mismatch".into(),
             severity: "error".into(),
             unit: Some(service.to_owned()),
-            socket_unit: p.socket_unit.clone(),
+            socket_unit: trigger
+                .process
+                .as_ref()
+                .and_then(|t| t.socket_unit.clone())
+                .or_else(|| p.socket_unit.clone())
+                .or_else(|| {
+                    let sockets = ctx.sockets_of(service);
+                    (sockets.len() == 1).then(|| sockets.into_iter().next()).flatten()
+                }),
             message: format!(
                 "{} ({expected}) got the fds with LISTEN_PID={named}, which names {named_what}, so it ignores them and {how}.",
                 p.comm
@@ -99,9 +109,22 @@ impl Rule for ListenPidMismatch {
                     self.mismatched.insert(service, e.clone());
                 }
             }
-            Data::Accept(a) if a.outcome.errno.is_none() => {
+            Data::Accept(a) if a.outcome.errno.is_none() && ctx.on_systemds_listener(e) => {
                 self.reported.remove(&service);
                 self.mismatched.remove(&service);
+            }
+            Data::Exit(_) => {
+                let Some(p) = &e.process else { return };
+                // The mismatched process is gone (a helper that inherited LISTEN_*), or the
+                // activation is over.
+                let gone = self
+                    .mismatched
+                    .get(&service)
+                    .and_then(|x| x.process.as_ref())
+                    .is_some_and(|x| x.pid == p.pid);
+                if gone || ctx.exec_of(p.pid).is_some_and(is_main) {
+                    self.mismatched.remove(&service);
+                }
             }
             Data::Bind(b) => {
                 let Some(p) = &e.process else { return };

@@ -15,6 +15,10 @@ pub use thresholds::Thresholds;
 
 use crate::events::{Event, Finding};
 
+/// How often, in stream time, the rules decide what is due: often enough to decide within 5 s
+/// of the evidence, seldom enough that a busy stream does not pay for it on every event.
+const TICK_NS: i128 = 100_000_000;
+
 /// Evidence is complete event objects, at most this many.
 pub const MAX_EVIDENCE: usize = 16;
 
@@ -28,6 +32,8 @@ pub trait Rule {
 /// Every rule, fed the same stream.
 pub struct Engine {
     ctx: Context,
+    /// Stream time of the last tick: rules tick at most every [`TICK_NS`] of it.
+    ticked: i128,
     rules: Vec<Box<dyn Rule + Send>>,
 }
 
@@ -41,6 +47,7 @@ impl Engine {
     pub fn new(thresholds: Thresholds) -> Self {
         Engine {
             ctx: Context::new(thresholds),
+            ticked: 0,
             rules: vec![
                 Box::new(double_bind::DoubleBind::default()),
                 Box::new(listen_pid_mismatch::ListenPidMismatch::default()),
@@ -59,8 +66,11 @@ impl Engine {
             rule.observe(&self.ctx, event, &mut out);
         }
         self.ctx.forget(event);
-        for rule in &mut self.rules {
-            rule.tick(&self.ctx, &mut out);
+        if self.ctx.now - self.ticked >= TICK_NS {
+            self.ticked = self.ctx.now;
+            for rule in &mut self.rules {
+                rule.tick(&self.ctx, &mut out);
+            }
         }
         out
     }
@@ -69,6 +79,7 @@ impl Engine {
     pub fn tick(&mut self, now_ns: i128) -> Vec<Finding> {
         let mut out = Vec::new();
         self.ctx.now = self.ctx.now.max(now_ns);
+        self.ticked = self.ctx.now;
         for rule in &mut self.rules {
             rule.tick(&self.ctx, &mut out);
         }

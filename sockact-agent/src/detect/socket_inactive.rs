@@ -37,7 +37,7 @@ pub struct SocketInactive {
 
 impl Rule for SocketInactive {
     fn observe(&mut self, _ctx: &Context, e: &Event, _out: &mut Vec<Finding>) {
-        if let (Data::Exec(_), Some(unit)) = (&e.data, unit_of(e)) {
+        if let (Data::Exec(_), Some(unit)) = (&e.data, unit_of(e).filter(|u| !is_instance(u))) {
             if listen_fds(e).is_none() {
                 self.bare_exec.insert(unit.to_owned(), e.clone());
             } else {
