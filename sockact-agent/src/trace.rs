@@ -207,7 +207,7 @@ impl Session {
     /// due now.
     fn tick(&mut self) -> Result<(), Halt> {
         if !self.sampler.is_empty() {
-            match sock_diag::tcp_listeners() {
+            match sock_diag::listeners() {
                 Ok(diag) => {
                     for data in self.sampler.sample(&diag) {
                         let e = self.meta(data);
@@ -298,16 +298,7 @@ impl Session {
                 // Other properties changed: not worth a line.
                 return Ok(());
             }
-            Unit {
-                unit: s.name.clone(),
-                change: change.into(),
-                active_state: s.active_state.clone(),
-                sub_state: s.sub_state.clone(),
-                main_pid: Some(s.main_pid),
-                n_restarts: Some(s.n_restarts),
-                invocation_id: (!s.invocation_id.is_empty()).then(|| s.invocation_id.clone()),
-                ..Default::default()
-            }
+            service_event(s, change)
         } else if let Some(s) = catalog
             .sockets
             .get_mut(&c.unit)
@@ -466,9 +457,14 @@ fn every_unit(catalog: &Catalog) -> Vec<Unit> {
 }
 
 fn service_resolved(s: &crate::systemd::ServiceUnit) -> Unit {
+    service_event(s, "resolved")
+}
+
+/// A service as it is now, for a `unit` event of `change`.
+fn service_event(s: &crate::systemd::ServiceUnit, change: &str) -> Unit {
     Unit {
         unit: s.name.clone(),
-        change: "resolved".into(),
+        change: change.into(),
         active_state: s.active_state.clone(),
         sub_state: s.sub_state.clone(),
         main_pid: Some(s.main_pid),
@@ -513,16 +509,16 @@ fn snapshot(catalog: &Catalog, loaded: &mut Loaded) -> Result<Vec<Listener>, Tra
         "snapshot: {} processes of socket-activated units",
         pids.len()
     );
-    // The kernel's own figures for TCP listeners: the effective backlog (systemd's Backlog=
-    // capped by net.core.somaxconn) and the drop counter.
-    let diag: std::collections::HashMap<u64, sock_diag::DiagListener> =
-        match sock_diag::tcp_listeners() {
-            Ok(all) => all.into_iter().map(|d| (d.inode, d)).collect(),
-            Err(e) => {
-                tracing::warn!("sock_diag: {e}: listener backlogs unknown");
-                Default::default()
-            }
-        };
+    // The kernel's own figures: the effective backlog (systemd's Backlog= capped by
+    // net.core.somaxconn) and, for TCP, the drop counter.
+    let diag: std::collections::HashMap<u64, sock_diag::DiagListener> = match sock_diag::listeners()
+    {
+        Ok(all) => all.into_iter().map(|d| (d.inode, d)).collect(),
+        Err(e) => {
+            tracing::warn!("sock_diag: {e}: listener backlogs unknown");
+            Default::default()
+        }
+    };
     Ok(listeners
         .into_iter()
         .map(|(unit, _, l)| Listener {

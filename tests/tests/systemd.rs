@@ -386,6 +386,21 @@ fn a_second_listener_with_reuseport_and_a_rebound_unix_path_are_double_binds() {
     assert_eq!(rebind["unit"], "unixy.service");
     assert_eq!(rebind["socket_unit"], "unixy.socket");
     assert_eq!(rebind["addr"], "/run/unixy.sock");
+    // The orphaned unix listener: its backlog and the connection waiting on it, from sock_diag.
+    let listener = all
+        .iter()
+        .find(|v| v["kind"] == "listener" && v["addr"] == "/run/unixy.sock")
+        .unwrap_or_else(|| panic!("no unixy listener: {all:?}"));
+    assert!(
+        listener["backlog"].as_u64().is_some_and(|b| b > 0),
+        "{listener}"
+    );
+    assert!(
+        all.iter().any(|v| v["kind"] == "queue"
+            && v["listener"] == "/run/unixy.sock"
+            && v["depth"].as_u64() >= Some(1)),
+        "the connection made to the orphaned socket waits on it"
+    );
     assert_eq!(problems(&one), expect(&[("double_bind", "shared.service")]));
     assert_eq!(
         problems(&all),
