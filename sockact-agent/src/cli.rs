@@ -84,7 +84,12 @@ fn parse_set(s: &str) -> Result<String, String> {
     Thresholds::default()
         .apply(s)
         .map(|()| s.to_owned())
-        .map_err(|e| e.to_string().trim_start_matches("--set ").to_owned())
+        // clap names the value already: keep only what is wrong with it.
+        .map_err(|e| {
+            let msg = e.to_string();
+            msg.split_once(": ")
+                .map_or(msg.clone(), |(_, why)| why.to_owned())
+        })
 }
 
 /// What to trace and how to print it.
