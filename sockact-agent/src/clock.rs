@@ -42,7 +42,17 @@ impl Clock {
     }
 
     pub fn rfc3339_from_boot_ns(&self, boot_ns: u64) -> String {
-        rfc3339(boot_ns as i128 + self.realtime_minus_boot_ns)
+        rfc3339(self.unix_ns_from_boot_ns(boot_ns))
+    }
+
+    /// A kernel timestamp as nanoseconds since the Unix epoch.
+    pub fn unix_ns_from_boot_ns(&self, boot_ns: u64) -> i128 {
+        boot_ns as i128 + self.realtime_minus_boot_ns
+    }
+
+    /// Now, nanoseconds since the Unix epoch.
+    pub fn now_unix_ns() -> i128 {
+        now_ns(libc::CLOCK_REALTIME)
     }
 
     pub fn now_rfc3339() -> String {

@@ -1,13 +1,15 @@
 //! The one bridge from kernel records (sockact-common) to user-facing events (events.rs).
 //! Record bytes come from the kernel and are checked (kind, version, size) before use.
 use sockact_common::{
-    AcceptRecord, BindRecord, ConnectRecord, ExecRecord, ExitRecord, ListenRecord, RECORD_VERSION,
-    RecordHeader, RecordKind, ShutdownRecord, SockAddrRaw, SockInfo, exec_flags, sock_flags,
+    AcceptRecord, BindRecord, ConnectRecord, ExecRecord, ExitRecord, ListenRecord, QueueRecord,
+    RECORD_VERSION, RecordHeader, RecordKind, ShutdownRecord, SockAddrRaw, SockInfo, connect_flags,
+    exec_flags, sock_flags,
 };
 
 use crate::{
     addr::{self, Address},
     clock::Clock,
+    correlate::queue::Observation,
     errno,
     events::{
         Accept, Bind, Connect, Data, Endpoint, Event, Exec, Exit, Listen, NumberOrString, Outcome,
@@ -48,6 +50,7 @@ pub enum Record {
     Accept(AcceptRecord),
     Connect(ConnectRecord),
     Shutdown(ShutdownRecord),
+    Queue(QueueRecord),
 }
 
 fn read<T: Copy>(bytes: &[u8], kind: RecordKind) -> Result<T, DecodeError> {
@@ -86,6 +89,7 @@ pub fn parse(bytes: &[u8]) -> Result<Record, DecodeError> {
         RecordKind::Accept => Record::Accept(read(bytes, kind)?),
         RecordKind::Connect => Record::Connect(read(bytes, kind)?),
         RecordKind::Shutdown => Record::Shutdown(read(bytes, kind)?),
+        RecordKind::Queue => Record::Queue(read(bytes, kind)?),
     })
 }
 
@@ -99,13 +103,48 @@ impl Record {
             Record::Accept(r) => &r.header,
             Record::Connect(r) => &r.header,
             Record::Shutdown(r) => &r.header,
+            Record::Queue(r) => &r.header,
         }
     }
 
-    /// The user-facing event (its `seq` is set by the writer).
-    pub fn to_event(&self, clock: &Clock, host: &str) -> Event {
+    /// The effective backlog (sk_max_ack_backlog) of a socket that listen() succeeded on.
+    pub fn listen_backlog(&self) -> Option<u32> {
+        match self {
+            Record::Listen(r) if r.ret == 0 && valid(&r.sock) => Some(r.sock.backlog),
+            _ => None,
+        }
+    }
+
+    /// What the record says of a watched listener's accept queue: a connection queued (a
+    /// queue record), or one taken (an accept, with the depth it left).
+    pub fn queue_observation(&self, clock: &Clock) -> Option<Observation> {
+        match self {
+            Record::Queue(r) => Some(Observation {
+                ts: clock.unix_ns_from_boot_ns(r.header.ts_ns),
+                inode: r.inode,
+                depth: r.depth,
+                backlog: Some(r.backlog),
+                drops: Some(u64::from(r.drops)),
+            }),
+            Record::Accept(r) if r.ret >= 0 && valid(&r.listener) && r.listener.inode != 0 => {
+                Some(Observation {
+                    ts: clock.unix_ns_from_boot_ns(r.header.ts_ns),
+                    inode: r.listener.inode,
+                    depth: r.listener.depth,
+                    backlog: Some(r.listener.backlog),
+                    drops: None,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// The user-facing event (its `seq` is set by the writer); None for a queue record, which
+    /// is an observation only ([`Record::queue_observation`]).
+    pub fn to_event(&self, clock: &Clock, host: &str) -> Option<Event> {
         let h = self.header();
         let data = match self {
+            Record::Queue(_) => return None,
             Record::Exec(r) => Data::Exec(exec(r)),
             Record::Exit(r) => Data::Exit(exit(r.exit_code)),
             Record::Bind(r) => Data::Bind(bind(r)),
@@ -114,14 +153,14 @@ impl Record {
             Record::Connect(r) => Data::Connect(connect(r)),
             Record::Shutdown(r) => Data::Shutdown(shutdown(r)),
         };
-        Event {
+        Some(Event {
             v: SCHEMA_VERSION,
             seq: 0,
             ts: clock.rfc3339_from_boot_ns(h.ts_ns),
             host: host.to_owned(),
             data,
             process: Some(process(h)),
-        }
+        })
     }
 }
 
@@ -270,7 +309,7 @@ fn accept(r: &AcceptRecord) -> Accept {
         fd: ok.then_some(r.ret),
         addr: peer.map(|a| a.text),
         listener: listener.map(|a| a.text),
-        wait_us: None,
+        wait_us: (ok && r.wait_ns > 0).then_some(r.wait_ns / 1000),
         outcome: outcome(r.ret),
         socket: socket_id(&r.listener),
     }
@@ -281,6 +320,7 @@ fn connect(r: &ConnectRecord) -> Connect {
         fd: r.fd,
         endpoint: endpoint(user_addr(&r.addr)),
         outcome: outcome(r.ret),
+        completed: r.flags & connect_flags::ASYNC != 0,
     }
 }
 
@@ -347,7 +387,7 @@ mod tests {
         r.listen_fds[..1].copy_from_slice(b"2");
         r.listen_fdnames[..9].copy_from_slice(b"web:admin");
         let rec = parse(&bytes_of(&r)).unwrap();
-        let e = rec.to_event(&Clock::fixed(0), "h");
+        let e = rec.to_event(&Clock::fixed(0), "h").unwrap();
         let Data::Exec(x) = &e.data else { panic!() };
         assert_eq!(x.filename, "/bin/true");
         assert_eq!(x.argv, ["true"]);
@@ -367,7 +407,7 @@ mod tests {
     #[test]
     fn exec_without_listen_variables_has_none_of_them() {
         let rec = parse(&bytes_of(&exec_record())).unwrap();
-        let Data::Exec(x) = rec.to_event(&Clock::fixed(0), "h").data else {
+        let Data::Exec(x) = rec.to_event(&Clock::fixed(0), "h").unwrap().data else {
             panic!()
         };
         assert_eq!(x.listen_pid, None);
@@ -386,7 +426,7 @@ mod tests {
         r.listen_fdnames[3] = 0xff;
         r.argv[0] = [b'x'; 64];
         let rec = parse(&bytes_of(&r)).unwrap();
-        let Data::Exec(x) = rec.to_event(&Clock::fixed(0), "h").data else {
+        let Data::Exec(x) = rec.to_event(&Clock::fixed(0), "h").unwrap().data else {
             panic!()
         };
         assert_eq!(
@@ -435,6 +475,60 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_record_is_an_observation_not_an_event() {
+        // SAFETY: all-zero is a valid record.
+        let mut r: QueueRecord = unsafe { std::mem::zeroed() };
+        r.header = header(RecordKind::Queue, size_of::<QueueRecord>());
+        r.inode = 77;
+        r.depth = 5;
+        r.backlog = 4;
+        r.drops = 12;
+        let rec = parse(&bytes_of(&r)).unwrap();
+        assert!(rec.to_event(&Clock::fixed(0), "h").is_none());
+        let o = rec.queue_observation(&Clock::fixed(10)).unwrap();
+        assert_eq!(
+            (o.ts, o.inode, o.depth, o.backlog, o.drops),
+            (1_010, 77, 5, Some(4), Some(12))
+        );
+    }
+
+    #[test]
+    fn an_async_connect_outcome_and_an_accept_wait() {
+        // SAFETY: all-zero is a valid record.
+        let mut c: ConnectRecord = unsafe { std::mem::zeroed() };
+        c.header = header(RecordKind::Connect, size_of::<ConnectRecord>());
+        c.ret = -111;
+        c.flags = connect_flags::ASYNC;
+        let Data::Connect(x) = parse(&bytes_of(&c))
+            .unwrap()
+            .to_event(&Clock::fixed(0), "h")
+            .unwrap()
+            .data
+        else {
+            panic!()
+        };
+        assert!(x.completed);
+        assert_eq!(x.outcome.errno.as_deref(), Some("ECONNREFUSED"));
+        let line = serde_json::to_value(&x).unwrap();
+        assert_eq!(line["async"], true);
+
+        // SAFETY: all-zero is a valid record.
+        let mut a: AcceptRecord = unsafe { std::mem::zeroed() };
+        a.header = header(RecordKind::Accept, size_of::<AcceptRecord>());
+        a.ret = 5;
+        a.wait_ns = 2_500_000;
+        let Data::Accept(x) = parse(&bytes_of(&a))
+            .unwrap()
+            .to_event(&Clock::fixed(0), "h")
+            .unwrap()
+            .data
+        else {
+            panic!()
+        };
+        assert_eq!(x.wait_us, Some(2_500));
+    }
+
+    #[test]
     fn failed_bind_carries_errno() {
         // SAFETY: all-zero is a valid record.
         let mut r: BindRecord = unsafe { std::mem::zeroed() };
@@ -449,6 +543,7 @@ mod tests {
         let Data::Bind(b) = parse(&bytes_of(&r))
             .unwrap()
             .to_event(&Clock::fixed(0), "h")
+            .unwrap()
             .data
         else {
             panic!()

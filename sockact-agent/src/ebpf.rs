@@ -33,6 +33,8 @@ pub const PROGRAMS: &[(&str, &str, &str)] = &[
         "syscalls",
         "sys_exit_shutdown",
     ),
+    ("sock_inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("sock_sk_data_ready", "sock", "sk_data_ready"),
     ("sched_sched_process_fork", "sched", "sched_process_fork"),
     ("sched_sched_process_exit", "sched", "sched_process_exit"),
     ("syscalls_sys_enter_execve", "syscalls", "sys_enter_execve"),
@@ -106,6 +108,7 @@ pub struct Counters {
     pub lost: u64,
     pub watch_full: u64,
     pub pending_full: u64,
+    pub listeners_full: u64,
 }
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded, EbpfError> {
@@ -260,6 +263,43 @@ impl Loaded {
         Ok(())
     }
 
+    /// Watches the accept queue of more listeners (the start-up snapshot's), by socket inode.
+    pub fn watch_listeners(&mut self, inodes: &[u64], bits: u32) -> Result<(), EbpfError> {
+        let Some(mut map) = self.listeners()? else {
+            return Ok(());
+        };
+        for inode in inodes {
+            map.insert(inode, bits, 0)
+                .map_err(|source| EbpfError::Map {
+                    name: names::LISTENERS,
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Stops watching a listener that closed.
+    pub fn forget_listener(&mut self, inode: u64) {
+        if let Ok(Some(mut map)) = self.listeners() {
+            let _ = map.remove(&inode);
+        }
+    }
+
+    fn listeners(&mut self) -> Result<Option<BpfHashMap<&mut MapData, u64, u32>>, EbpfError> {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Ok(None);
+        };
+        let map = ebpf
+            .map_mut(names::LISTENERS)
+            .ok_or(EbpfError::NoMap(names::LISTENERS))?;
+        BpfHashMap::try_from(map)
+            .map(Some)
+            .map_err(|source| EbpfError::Map {
+                name: names::LISTENERS,
+                source,
+            })
+    }
+
     /// The kernel's counters, summed over CPUs.
     pub fn counters(&self) -> Counters {
         let sum = |i: u32| -> u64 {
@@ -273,6 +313,7 @@ impl Loaded {
             lost: sum(counter::LOST),
             watch_full: sum(counter::WATCH_FULL),
             pending_full: sum(counter::PENDING_FULL),
+            listeners_full: sum(counter::LISTENERS_FULL),
         }
     }
 }

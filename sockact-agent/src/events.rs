@@ -54,6 +54,7 @@ pub enum Data {
     Shutdown(Shutdown),
     Listener(Listener),
     Queue(Queue),
+    Drop(Dropped),
     Unit(Unit),
     Finding(Finding),
     Lost(Lost),
@@ -74,6 +75,7 @@ impl Data {
             Data::Shutdown(_) => "shutdown",
             Data::Listener(_) => "listener",
             Data::Queue(_) => "queue",
+            Data::Drop(_) => "drop",
             Data::Unit(_) => "unit",
             Data::Finding(_) => "finding",
             Data::Lost(_) => "lost",
@@ -201,6 +203,10 @@ pub struct Connect {
     pub endpoint: Endpoint,
     #[serde(flatten)]
     pub outcome: Outcome,
+    /// The outcome of an earlier connect on this fd that returned EINPROGRESS, seen when the
+    /// connection was set up or refused.
+    #[serde(rename = "async", skip_serializing_if = "std::ops::Not::not", default)]
+    pub completed: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -242,6 +248,24 @@ pub struct Queue {
     pub max: u32,
     /// The largest depth since the previous queue event of this listener.
     pub peak: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub socket_unit: Option<String>,
+    #[serde(flatten)]
+    pub socket: SocketId,
+}
+
+/// Connections a watched listener dropped because its accept queue was full, from the
+/// listener's own drop counter.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Dropped {
+    /// The listener's address.
+    pub listener: String,
+    /// Since the previous drop event of this listener.
+    pub count: u64,
+    /// Since the trace started (or the listener opened).
+    pub total: u64,
+    /// `accept_queue_full`.
+    pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub socket_unit: Option<String>,
     #[serde(flatten)]

@@ -152,6 +152,14 @@ impl KernelBtf {
         let reuseport = self.member("sock", &["__sk_common", "skc_reuseport"])?;
         let fork = tracefs.join("events/sched/sched_process_fork/format");
         let exit = tracefs.join("events/sched/sched_process_exit/format");
+        // Optional tracepoints (sk_data_ready is 6.6+): a zero offset tells its program to do
+        // nothing, and attaching it fails and is reported.
+        let ready = tracefs.join("events/sock/sk_data_ready/format");
+        let state = tracefs.join("events/sock/inet_sock_set_state/format");
+        let optional = |path: &Path, field: &str| format_field_offset(path, field).unwrap_or(0);
+        let accept_queue = self.offset("inet_connection_sock", &["icsk_accept_queue"])?
+            + self.offset("request_sock_queue", &["rskq_accept_tail"])?;
+        let receive_queue = self.offset("sock", &["sk_receive_queue"])?;
         Ok(KernelOffsets {
             valid: 1,
             task_files: self.offset("task_struct", &["files"])?,
@@ -191,6 +199,19 @@ impl KernelBtf {
             unix_address_name: self.offset("unix_address", &["name"])?,
             tp_fork_child_pid: format_field_offset(&fork, "child_pid")?,
             tp_exit_group_dead: format_field_offset(&exit, "group_dead").unwrap_or(0),
+            sk_socket: self.offset("sock", &["sk_socket"])?,
+            socket_alloc_inode: self.offset("socket_alloc", &["vfs_inode"])?,
+            sk_drops: self.offset("sock", &["sk_drops"])?,
+            sk_err: self.offset("sock", &["sk_err"])?,
+            sk_accept_tail: accept_queue,
+            request_sock_sk: self.offset("request_sock", &["sk"])?,
+            sk_receive_queue_tail: receive_queue + self.offset("sk_buff_head", &["prev"])?,
+            sk_receive_queue_len: receive_queue + self.offset("sk_buff_head", &["qlen"])?,
+            skb_sk: self.offset("sk_buff", &["sk"])?,
+            tp_ready_skaddr: optional(&ready, "skaddr"),
+            tp_state_skaddr: optional(&state, "skaddr"),
+            tp_state_old: optional(&state, "oldstate"),
+            tp_state_new: optional(&state, "newstate"),
         })
     }
 }

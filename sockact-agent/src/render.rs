@@ -96,16 +96,21 @@ fn details(d: &Data) -> String {
             result(x.outcome.ret, &x.outcome.errno)
         ),
         Data::Accept(x) => format!(
-            "{} <- {} listen_fd={}{}",
+            "{} <- {} listen_fd={}{}{}",
             x.listener.as_deref().unwrap_or("?"),
             x.addr.as_deref().unwrap_or("?"),
             x.listen_fd,
+            x.wait_us.map_or_else(String::new, |w| format!(
+                " waited={:.1}ms",
+                w as f64 / 1000.0
+            )),
             result(x.outcome.ret, &x.outcome.errno)
         ),
         Data::Connect(x) => format!(
-            "-> {} fd={}{}",
+            "-> {} fd={}{}{}",
             x.endpoint.addr,
             x.fd,
+            if x.completed { " (completed)" } else { "" },
             result(x.outcome.ret, &x.outcome.errno)
         ),
         Data::Shutdown(x) => format!(
@@ -128,6 +133,14 @@ fn details(d: &Data) -> String {
             x.depth,
             x.max,
             x.peak,
+            x.socket_unit.as_deref().unwrap_or("?")
+        ),
+        Data::Drop(x) => format!(
+            "{} dropped={} total={} {} socket_unit={}",
+            x.listener,
+            x.count,
+            x.total,
+            x.reason,
             x.socket_unit.as_deref().unwrap_or("?")
         ),
         Data::Unit(x) => {

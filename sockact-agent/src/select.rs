@@ -69,6 +69,9 @@ impl Selector {
                 Data::Queue(q) if q.socket_unit.as_deref().is_some_and(|s| self.wants_unit(s)) => {
                     return true;
                 }
+                Data::Drop(d) if d.socket_unit.as_deref().is_some_and(|s| self.wants_unit(s)) => {
+                    return true;
+                }
                 _ => {}
             }
             if let Some(p) = &e.process
@@ -97,6 +100,7 @@ fn event_port(d: &Data) -> Option<u16> {
         Data::Accept(a) => a.listener.as_deref().and_then(port_of),
         Data::Shutdown(s) => s.listener.as_deref().and_then(port_of),
         Data::Queue(q) => port_of(&q.listener),
+        Data::Drop(d) => port_of(&d.listener),
         _ => None,
     }
 }

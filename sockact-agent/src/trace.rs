@@ -4,7 +4,7 @@ use std::{io, path::PathBuf, time::Duration};
 
 use std::collections::HashSet;
 
-use sockact_common::{FilterConfig, watch};
+use sockact_common::{FilterConfig, listener_watch, watch};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind},
@@ -15,7 +15,11 @@ use tokio::{
 use crate::{
     cli::TraceConfig,
     clock::Clock,
-    correlate::{Attribution, proc_cgroup, queue::QueueSampler, snapshot, sock_diag},
+    correlate::{
+        Attribution, opened_listener, proc_cgroup,
+        queue::{QueueTracker, Timed},
+        snapshot, sock_diag,
+    },
     decode,
     ebpf::{self, Counters, LoadOptions, Loaded},
     events::{Agent, Data, Event, Finding, Listener, Lost, SCHEMA_VERSION, Unit},
@@ -133,7 +137,11 @@ struct Session {
     selector: Selector,
     attribution: Attribution,
     engine: crate::detect::Engine,
-    sampler: QueueSampler,
+    queues: QueueTracker,
+    /// `--port`: listeners on these ports have their queue watched too.
+    ports: HashSet<u16>,
+    /// Listeners seen closed, to stop watching in the kernel.
+    closed: Vec<u64>,
     tally: Tally,
     received: u64,
     undecodable: u64,
@@ -176,10 +184,20 @@ impl Session {
             match decode::parse(&item) {
                 Ok(record) => {
                     drop(item);
-                    let mut event = record.to_event(&self.clock, &self.host);
-                    self.attribution.enrich(&mut event, &proc_cgroup);
-                    if self.selector.wants(&event, record.header().watch) {
-                        self.publish(event)?;
+                    if let Some(mut event) = record.to_event(&self.clock, &self.host) {
+                        self.attribution.enrich(&mut event, &proc_cgroup);
+                        if self.selector.wants(&event, record.header().watch) {
+                            let opened = opened_listener(&event, record.listen_backlog());
+                            self.publish(event)?;
+                            if let Some(listener) = opened {
+                                let e = self.meta(listener);
+                                self.publish(e)?;
+                            }
+                        }
+                    }
+                    if let Some(o) = record.queue_observation(&self.clock) {
+                        let due = self.queues.observe(o);
+                        self.publish_timed(due)?;
                     }
                 }
                 Err(e) => {
@@ -193,33 +211,64 @@ impl Session {
         Ok(())
     }
 
-    /// Emits an event the detectors and the queue sampler see too.
+    /// Emits an event the detectors and the queue tracker see too.
     fn publish(&mut self, mut e: Event) -> Result<(), Halt> {
         // The number it is written with, so that evidence names the line.
         e.seq = self.out.lines_written() + 1;
-        self.sampler.learn(&e);
+        let ports = &self.ports;
+        self.queues.learn(&e, |p| ports.contains(&p));
         let findings = self.engine.observe(&e);
         self.emit(e)?;
         self.findings(findings)
     }
 
-    /// Samples the accept queues of systemd's listeners and lets the detectors decide what is
-    /// due now.
-    fn tick(&mut self) -> Result<(), Halt> {
-        if !self.sampler.is_empty() {
-            match sock_diag::listeners() {
-                Ok(diag) => {
-                    for data in self.sampler.sample(&diag) {
-                        let e = self.meta(data);
-                        self.publish(e)?;
-                    }
-                }
-                Err(e) => tracing::debug!("sock_diag: {e}"),
+    /// Queue and drop events (and closed listeners) with their own times; a closed listener is
+    /// no longer watched in the kernel.
+    fn publish_timed(&mut self, due: Vec<Timed>) -> Result<(), Halt> {
+        for (ts, data) in due {
+            if let Data::Listener(l) = &data
+                && l.action == "close"
+                && let Some(inode) = l.inode
+            {
+                self.closed.push(inode);
+            }
+            let mut e = self.meta(data);
+            e.ts = crate::clock::rfc3339(ts);
+            if self.selector.wants(&e, 0) {
+                self.publish(e)?;
             }
         }
-        let now = crate::clock::parse_rfc3339(&Clock::now_rfc3339()).unwrap_or(0);
+        Ok(())
+    }
+
+    /// Samples the accept queues of the watched listeners, writes what is due, and lets the
+    /// detectors decide what is due now.
+    fn tick(&mut self, loaded: &mut Loaded) -> Result<(), Halt> {
+        let now = Clock::now_unix_ns();
+        self.sample_queues(now)?;
+        let due = self.queues.due(now);
+        self.publish_timed(due)?;
+        for inode in self.closed.drain(..) {
+            loaded.forget_listener(inode);
+        }
         let findings = self.engine.tick(now);
         self.findings(findings)
+    }
+
+    fn sample_queues(&mut self, now: i128) -> Result<(), Halt> {
+        if self.queues.is_empty() {
+            return Ok(());
+        }
+        match sock_diag::listeners() {
+            Ok(diag) => {
+                let due = self.queues.sample(&diag, now);
+                self.publish_timed(due)
+            }
+            Err(e) => {
+                tracing::debug!("sock_diag: {e}");
+                Ok(())
+            }
+        }
     }
 
     fn findings(&mut self, findings: Vec<Finding>) -> Result<(), Halt> {
@@ -333,7 +382,7 @@ impl Session {
     fn report_lost(&mut self, counters: &Counters) -> Result<(), Halt> {
         let now = Clock::now_rfc3339();
         let since = std::mem::replace(&mut self.lost_since, now);
-        let maps = counters.watch_full + counters.pending_full;
+        let maps = counters.watch_full + counters.pending_full + counters.listeners_full;
         let growth = [
             (
                 counters.lost.saturating_sub(self.reported.ring),
@@ -489,10 +538,15 @@ fn socket_resolved(s: &crate::systemd::SocketUnit) -> Unit {
     }
 }
 
+/// A listener that already existed, with its drop counter when the trace started.
+struct Existing {
+    listener: Listener,
+    drops: Option<u32>,
+}
+
 /// Marks the processes of socket-activated units that already run, and those holding a
-/// systemd listener, in the kernel's watch map; returns the `listener` events for the
-/// listeners that already exist.
-fn snapshot(catalog: &Catalog, loaded: &mut Loaded) -> Result<Vec<Listener>, TraceError> {
+/// systemd listener, in the kernel's watch map; returns the listeners that already exist.
+fn snapshot(catalog: &Catalog, loaded: &mut Loaded) -> Result<Vec<Existing>, TraceError> {
     let activated = |unit: &str| !catalog.sockets_of(unit).is_empty();
     let mut pids: HashSet<u32> = snapshot::pids_of_units(activated).into_iter().collect();
     let listeners = snapshot::unit_listeners(catalog, &snapshot::listeners());
@@ -521,13 +575,16 @@ fn snapshot(catalog: &Catalog, loaded: &mut Loaded) -> Result<Vec<Listener>, Tra
     };
     Ok(listeners
         .into_iter()
-        .map(|(unit, _, l)| Listener {
-            action: "existing".into(),
-            backlog: diag.get(&l.inode).map(|d| d.backlog),
-            addr: l.addr,
-            family: l.family.into(),
-            inode: Some(l.inode),
-            socket_unit: Some(unit.to_owned()),
+        .map(|(unit, _, l)| Existing {
+            drops: diag.get(&l.inode).and_then(|d| d.drops),
+            listener: Listener {
+                action: "existing".into(),
+                backlog: diag.get(&l.inode).map(|d| d.backlog),
+                addr: l.addr,
+                family: l.family.into(),
+                inode: Some(l.inode),
+                socket_unit: Some(unit.to_owned()),
+            },
         })
         .collect())
 }
@@ -582,7 +639,9 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
         selector,
         attribution: Attribution::new(catalog),
         engine: crate::detect::Engine::new(config.thresholds.clone()),
-        sampler: QueueSampler::default(),
+        queues: QueueTracker::default(),
+        ports: config.ports.iter().copied().collect(),
+        closed: Vec::new(),
         tally: Tally::default(),
         received: 0,
         undecodable: 0,
@@ -632,14 +691,25 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     if let Err(halt) = session.emit(attached) {
         return finish_early(halt);
     }
-    for listener in existing {
+    let mut watched = Vec::new();
+    for Existing { listener, drops } in existing {
+        let inode = listener.inode;
         let e = session.meta(Data::Listener(listener));
-        if session.selector.wants(&e, 0)
-            && let Err(halt) = session.publish(e)
-        {
+        if !session.selector.wants(&e, 0) {
+            continue;
+        }
+        if let Err(halt) = session.publish(e) {
             return finish_early(halt);
         }
+        if let Some(inode) = inode {
+            watched.push(inode);
+            if let Some(d) = drops {
+                session.queues.seed_drops(inode, u64::from(d));
+            }
+        }
     }
+    // Their queues from now on; what was queued before shows in the first sample.
+    loaded.watch_listeners(&watched, listener_watch::SNAPSHOT)?;
     if let Err(e) = session.out.flush() {
         return finish_early(e.into());
     }
@@ -701,7 +771,8 @@ async fn read_loop(
                 Err(e) => Err(Halt::Fail(TraceError::Ring(e))),
             },
             _ = tick.tick() => {
-                let mut r = session.drain(ring.get_mut()).and_then(|()| session.tick());
+                let loaded = ring.get_mut();
+                let mut r = session.drain(loaded).and_then(|()| session.tick(loaded));
                 if r.is_ok() && last_lost_check.elapsed() >= LOST_EVERY {
                     last_lost_check = Instant::now();
                     let counters = ring.get_ref().counters();
@@ -728,6 +799,11 @@ async fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Halt> 
     // A program that was running when it was detached commits its record within microseconds.
     tokio::time::sleep(Duration::from_millis(20)).await;
     session.drain(loaded)?;
+    // The queues' last state and the drop counters' last growth, before the rules decide.
+    let now = Clock::now_unix_ns();
+    session.sample_queues(now)?;
+    let last = session.queues.flush(now);
+    session.publish_timed(last)?;
     let counters = loaded.counters();
     session.report_lost(&counters)?;
     let pending = session.engine.flush();

@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever any record layout changes.
-pub const RECORD_VERSION: u16 = 1;
+pub const RECORD_VERSION: u16 = 2;
 
 /// Names of the maps and globals, shared so that the loader and the programs cannot disagree.
 pub mod names {
@@ -17,6 +17,7 @@ pub mod names {
     pub const PORTS: &str = "PORTS";
     pub const FILTER: &str = "FILTER";
     pub const OFFSETS: &str = "OFFSETS";
+    pub const LISTENERS: &str = "LISTENERS";
 }
 
 /// What follows the header. Values are part of the wire format: never reuse one.
@@ -31,6 +32,7 @@ pub enum RecordKind {
     Accept = 6,
     Connect = 7,
     Shutdown = 8,
+    Queue = 9,
 }
 
 impl RecordKind {
@@ -43,6 +45,7 @@ impl RecordKind {
             6 => Self::Accept,
             7 => Self::Connect,
             8 => Self::Shutdown,
+            9 => Self::Queue,
             _ => return None,
         })
     }
@@ -58,7 +61,9 @@ pub mod counter {
     pub const WATCH_FULL: u32 = 2;
     /// Syscalls whose arguments could not be parked between enter and exit (map full).
     pub const PENDING_FULL: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// Listeners whose accept queue could not be watched because `LISTENERS` was full.
+    pub const LISTENERS_FULL: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Why a process is in the `WATCHED` map (bits).
@@ -72,6 +77,16 @@ pub mod watch {
     /// The start-up snapshot put it there: a process of a socket-activated unit, or one
     /// holding a systemd listener, that already ran.
     pub const SNAPSHOT: u32 = 8;
+}
+
+/// Why a listener is in the `LISTENERS` map (bits): its accept queue is watched.
+pub mod listener_watch {
+    /// A systemd manager listened on it (a socket unit's listener).
+    pub const MANAGER: u32 = 1;
+    /// Its port was selected with `--port`.
+    pub const PORT: u32 = 2;
+    /// The start-up snapshot found it among systemd's listeners.
+    pub const SNAPSHOT: u32 = 4;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -228,6 +243,9 @@ pub struct AcceptRecord {
     pub _pad: u32,
     /// The new fd, or a negative errno.
     pub ret: i64,
+    /// How long the connection waited in the accept queue, nanoseconds; 0 when unknown (it
+    /// was queued before the trace, or on a listener that is not watched).
+    pub wait_ns: u64,
     pub listener: SockInfo,
     /// The accepted socket: its remote end is the peer.
     pub conn: SockInfo,
@@ -235,12 +253,19 @@ pub struct AcceptRecord {
     pub unix: SockAddrRaw,
 }
 
+/// Bits of [`ConnectRecord::flags`].
+pub mod connect_flags {
+    /// The outcome of a non-blocking connect that returned EINPROGRESS, seen when the socket
+    /// left SYN_SENT; the header's process is the one that called connect.
+    pub const ASYNC: u32 = 1;
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectRecord {
     pub header: RecordHeader,
     pub fd: i32,
-    pub _pad: u32,
+    pub flags: u32,
     pub ret: i64,
     pub addr: SockAddrRaw,
 }
@@ -255,6 +280,24 @@ pub struct ShutdownRecord {
     /// Read before the call: the socket was listening.
     pub sock: SockInfo,
     pub unix: SockAddrRaw,
+}
+
+/// A connection queued on a watched listener (`sock:sk_data_ready`). Written in softirq
+/// context: the header's process fields are zero, only `ts_ns` counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct QueueRecord {
+    pub header: RecordHeader,
+    /// The listener's socket inode.
+    pub inode: u64,
+    /// Connections waiting in its accept queue, this one included.
+    pub depth: u32,
+    /// sk_max_ack_backlog: the queue is full when `depth` exceeds it.
+    pub backlog: u32,
+    /// sk_drops: connections the listener dropped since it was created.
+    pub drops: u32,
+    pub family: u16,
+    pub _pad: u16,
 }
 
 /// Settings the loader hands the programs as a global.
@@ -315,6 +358,26 @@ pub struct KernelOffsets {
     pub tp_fork_child_pid: u32,
     pub tp_exit_group_dead: u32,
     pub inode_mode: u32,
+    /// struct sock -> its struct socket, and where a socket's inode sits after it
+    /// (`struct socket_alloc`).
+    pub sk_socket: u32,
+    pub socket_alloc_inode: u32,
+    pub sk_drops: u32,
+    pub sk_err: u32,
+    /// From a TCP listener's struct sock to its accept queue's newest request
+    /// (`icsk_accept_queue.rskq_accept_tail`), and from that request to the child socket.
+    pub sk_accept_tail: u32,
+    pub request_sock_sk: u32,
+    /// A unix listener's queue of connections: its newest skb, its length, and the skb's
+    /// socket (the one accept() returns).
+    pub sk_receive_queue_tail: u32,
+    pub sk_receive_queue_len: u32,
+    pub skb_sk: u32,
+    /// Tracepoint field offsets of `sock:sk_data_ready` and `sock:inet_sock_set_state`.
+    pub tp_ready_skaddr: u32,
+    pub tp_state_skaddr: u32,
+    pub tp_state_old: u32,
+    pub tp_state_new: u32,
 }
 
 const _: () = {
@@ -325,11 +388,12 @@ const _: () = {
     assert!(core::mem::size_of::<ExitRecord>() == 72);
     assert!(core::mem::size_of::<BindRecord>() == 264);
     assert!(core::mem::size_of::<ListenRecord>() == 264);
-    assert!(core::mem::size_of::<AcceptRecord>() == 328);
+    assert!(core::mem::size_of::<AcceptRecord>() == 336);
     assert!(core::mem::size_of::<ConnectRecord>() == 200);
     assert!(core::mem::size_of::<ShutdownRecord>() == 264);
+    assert!(core::mem::size_of::<QueueRecord>() == 88);
     assert!(core::mem::size_of::<FilterConfig>() == 16);
-    assert!(core::mem::size_of::<KernelOffsets>() == 38 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 51 * 4);
 };
 
 #[cfg(feature = "user")]

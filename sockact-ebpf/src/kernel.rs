@@ -11,8 +11,8 @@ use aya_ebpf::helpers::{
     },
 };
 use sockact_common::{
-    KernelOffsets, RECORD_VERSION, RecordHeader, RecordKind, SOCKADDR_MAX, SockAddrRaw, SockInfo,
-    sock_flags,
+    KernelOffsets, QueueRecord, RECORD_VERSION, RecordHeader, RecordKind, SOCKADDR_MAX,
+    SockAddrRaw, SockInfo, sock_flags,
 };
 
 use crate::maps::{OFFSETS, WATCHED};
@@ -85,6 +85,31 @@ pub fn fill_header(h: &mut RecordHeader, kind: RecordKind, size: usize, pid_tgid
             }
         }
     }
+}
+
+/// Fills a header for a record written outside any process's syscall (softirq): the time and
+/// the kind only, every process field zero.
+#[inline(always)]
+pub fn fill_bare_header(h: &mut RecordHeader, kind: RecordKind, size: usize, ts_ns: u64) {
+    h.kind = kind as u32;
+    h.version = RECORD_VERSION;
+    h.size = size as u16;
+    h.ts_ns = ts_ns;
+    h.cgroup_id = 0;
+    h.pid = 0;
+    h.tid = 0;
+    h.ppid = 0;
+    h.uid = 0;
+    h.ns_pid = 0;
+    h.watch = 0;
+    h.comm = [0; 16];
+}
+
+/// CLOCK_BOOTTIME, the clock of every record.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_boot_ns() }
 }
 
 /// The task's PID as its own PID namespace sees it.
@@ -160,6 +185,73 @@ pub fn sock_local_port(sk: *const u8) -> u16 {
     }
 }
 
+/// The inode number of a socket's `struct socket` (the number /proc and sock_diag show),
+/// through the socket it is attached to.
+#[inline(always)]
+pub fn sock_inode(sk: *const u8) -> Option<u64> {
+    let o = offsets()?;
+    // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets; `struct socket` sits in a
+    // `struct socket_alloc` followed by its inode.
+    unsafe {
+        let socket = read_ptr(sk, o.sk_socket)?;
+        read(socket, o.socket_alloc_inode + o.inode_ino)
+    }
+}
+
+/// A listener's error code as the kernel set it (`sk_err`, a positive errno).
+#[inline(always)]
+pub fn sock_err(sk: *const u8) -> i32 {
+    match offsets() {
+        // SAFETY: fault-tolerant kernel read.
+        Some(o) => unsafe { read(sk, o.sk_err).unwrap_or(0) },
+        None => 0,
+    }
+}
+
+/// Fills a queue record from a listener that just queued a connection, and returns the child
+/// socket it queued (null when it could not be read): the newest request of a TCP accept
+/// queue, the newest skb's socket for a unix listener.
+#[inline(always)]
+pub fn fill_queue(rec: &mut QueueRecord, sk: *const u8, family: u16) -> *const u8 {
+    rec.depth = 0;
+    rec.backlog = 0;
+    rec.drops = 0;
+    rec.family = family;
+    rec._pad = 0;
+    let Some(o) = offsets() else {
+        return core::ptr::null();
+    };
+    // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
+    unsafe {
+        rec.backlog = read(sk, o.sk_max_ack_backlog).unwrap_or(0);
+        rec.drops = read(sk, o.sk_drops).unwrap_or(0);
+        // The newest entry of the queue, then the socket it holds.
+        let (depth_at, tail_at, child_at) = if family == AF_UNIX {
+            (o.sk_receive_queue_len, o.sk_receive_queue_tail, o.skb_sk)
+        } else {
+            (o.sk_ack_backlog, o.sk_accept_tail, o.request_sock_sk)
+        };
+        rec.depth = read(sk, depth_at).unwrap_or(0);
+        let Some(tail) = read_ptr(sk, tail_at) else {
+            return core::ptr::null();
+        };
+        match read_ptr(tail, child_at) {
+            Some(child) => child,
+            None => core::ptr::null(),
+        }
+    }
+}
+
+/// The family of a socket.
+#[inline(always)]
+pub fn sock_family(sk: *const u8) -> u16 {
+    match offsets() {
+        // SAFETY: fault-tolerant kernel read.
+        Some(o) => unsafe { read(sk, o.sk_family).unwrap_or(0) },
+        None => 0,
+    }
+}
+
 /// Fills `info` from the socket behind `fd`; returns its `struct sock`, null when the fd did
 /// not resolve (a plain pointer, not an Option of a tuple: LLVM leaves the payload of a None
 /// undefined, and the verifier rejects reading an undefined register).
@@ -195,7 +287,13 @@ pub fn fill_sock_info(info: &mut SockInfo, fd: i32) -> *const u8 {
         info.local_port = read(sk, o.sk_num).unwrap_or(0);
         info.remote_port = u16::from_be(read(sk, o.sk_dport).unwrap_or(0));
         info.backlog = read(sk, o.sk_max_ack_backlog).unwrap_or(0);
-        info.depth = read(sk, o.sk_ack_backlog).unwrap_or(0);
+        // A unix listener's waiting connections are its receive queue.
+        let depth_at = if family == AF_UNIX {
+            o.sk_receive_queue_len
+        } else {
+            o.sk_ack_backlog
+        };
+        info.depth = read(sk, depth_at).unwrap_or(0);
         let reuse: u8 = read(sk, o.sk_reuseport_byte).unwrap_or(0);
         if reuse & o.sk_reuseport_mask as u8 != 0 {
             info.flags |= sock_flags::REUSEPORT;

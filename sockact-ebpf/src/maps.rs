@@ -2,9 +2,9 @@
 use aya_ebpf::{
     Global,
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sockact_common::{ExecRecord, FilterConfig, KernelOffsets, counter};
+use sockact_common::{ConnectRecord, ExecRecord, FilterConfig, KernelOffsets, counter};
 
 /// Records for userspace. Its size is set by the loader.
 #[map(name = "EVENTS")]
@@ -17,6 +17,26 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 /// Watched processes: TGID -> `sockact_common::watch` bits.
 #[map(name = "WATCHED")]
 pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
+
+/// Listeners whose accept queue is watched: socket inode -> `sockact_common::listener_watch`
+/// bits. Filled here when systemd listens (or a selected port does), and by the loader with the
+/// listeners that already existed; the loader removes closed ones.
+#[map(name = "LISTENERS")]
+pub static LISTENERS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// When each connection on a watched listener was queued: child `struct sock` -> CLOCK_BOOTTIME
+/// ns, taken by the accept that returns it. LRU: a connection never accepted ages out.
+#[map]
+pub static QUEUED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Non-blocking connects still in SYN_SENT: `struct sock` -> the record written when connect
+/// returned EINPROGRESS, sent again with the outcome when the socket leaves SYN_SENT.
+#[map]
+pub static CONNECTING: LruHashMap<u64, ConnectRecord> = LruHashMap::with_max_entries(4096, 0);
+
+/// A connect record is built here before it is sent and, for EINPROGRESS, parked.
+#[map]
+pub static CONNECT_SCRATCH: PerCpuArray<ConnectRecord> = PerCpuArray::with_max_entries(1, 0);
 
 /// Ports selected with `--port`.
 #[map(name = "PORTS")]
@@ -97,6 +117,19 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     tp_fork_child_pid: 0,
     tp_exit_group_dead: 0,
     inode_mode: 0,
+    sk_socket: 0,
+    socket_alloc_inode: 0,
+    sk_drops: 0,
+    sk_err: 0,
+    sk_accept_tail: 0,
+    request_sock_sk: 0,
+    sk_receive_queue_tail: 0,
+    sk_receive_queue_len: 0,
+    skb_sk: 0,
+    tp_ready_skaddr: 0,
+    tp_state_skaddr: 0,
+    tp_state_old: 0,
+    tp_state_new: 0,
 });
 
 /// Adds one to a per-CPU counter.

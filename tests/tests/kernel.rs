@@ -1,5 +1,6 @@
 //! Kernel tests: the real programs, loaded by the real sockact-trace, seeing real syscalls.
 use std::{
+    io::{BufRead, BufReader},
     process::{Command, Stdio},
     thread::sleep,
     time::Duration,
@@ -545,4 +546,162 @@ fn kernel_log_goes_to_stderr_never_to_the_stream() {
         "kernel log leaked into the stream"
     );
     assert!(!stderr.contains('\x1b'), "no colour codes into a pipe");
+}
+
+/// A listener with backlog 2 that accepts nothing until told: five non-blocking connects, 30 ms
+/// apart, queue three (the queue is full only past its backlog) and the SYNs of the other two
+/// are dropped (and sent again later by the kernel). Then it accepts three.
+const BACKLOG: &str = r#"
+import socket, sys, time
+port = int(sys.argv[1])
+s = socket.socket()
+s.bind(("127.0.0.1", port))
+s.listen(2)
+clients = []
+for _ in range(5):
+    c = socket.socket()
+    c.setblocking(False)
+    try:
+        c.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    clients.append(c)
+    time.sleep(0.03)
+time.sleep(0.4)
+print("queued", flush=True)
+sys.stdin.readline()
+for _ in range(3):
+    a, _ = s.accept()
+    a.close()
+print("accepted", flush=True)
+sys.stdin.readline()
+"#;
+
+/// The listener's own drop counter, as `ss -tlnm` shows it (`d<N>` in its skmem).
+fn ss_drops(port: u16) -> u64 {
+    let out = Command::new("ss")
+        .args(["-tlnmH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split([',', '(', ')'])
+        .find_map(|f| f.trim().strip_prefix('d').and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no drop counter in `ss -tlnm`: {text}"))
+}
+
+#[test]
+fn a_watched_listeners_queue_its_drops_and_each_accepts_wait() {
+    let port = free_port();
+    let arg = port.to_string();
+    let mut trace = Trace::start(&["--port", &arg]);
+    let mut server = python(BACKLOG, &[&arg]);
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "queued");
+    let queued = trace.wait_for(WAIT, |v| v["kind"] == "queue" && v["peak"] == 3);
+    assert_eq!(queued["max"], 2, "{queued}");
+    assert_eq!(queued["listener"], format!("127.0.0.1:{port}"));
+    let dropped = trace.wait_for(WAIT, |v| {
+        v["kind"] == "drop" && v["total"].as_u64() >= Some(2)
+    });
+    let drops_before_accepting = ss_drops(port);
+    go(&server);
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "accepted");
+    let pid = server.id();
+    trace.wait_for(WAIT, |v| v["kind"] == "accept" && v["pid"] == pid);
+    sleep(Duration::from_millis(300));
+    let drops_now = ss_drops(port);
+    let lines = trace.stop();
+    go(&server);
+    let _ = server.wait();
+
+    assert_eq!(dropped["reason"], "accept_queue_full");
+    assert!(drops_before_accepting >= 2, "{drops_before_accepting}");
+    let drops: Vec<&Value> = lines.iter().filter(|v| v["kind"] == "drop").collect();
+    let total: u64 = drops.iter().map(|v| v["count"].as_u64().unwrap()).sum();
+    let last_total = drops.last().map(|v| v["total"].as_u64().unwrap());
+    assert_eq!(Some(total), last_total, "counts add up to the total");
+    assert_eq!(
+        total, drops_now,
+        "the listener's own counter (ss -tlnm d<N>)"
+    );
+    // The queue rose one connection at a time, each seen by the kernel as it was queued.
+    let peaks: Vec<u64> = lines
+        .iter()
+        .filter(|v| v["kind"] == "queue")
+        .map(|v| v["peak"].as_u64().unwrap())
+        .collect();
+    assert_eq!(peaks.first(), Some(&1), "{peaks:?}");
+    assert!(peaks.contains(&3), "{peaks:?}");
+    // Each connection waited from its connect until the listener took it: the first one
+    // about 0.55 s (four more connects 30 ms apart, then 0.4 s).
+    let accepts = of(&lines, "accept", pid);
+    assert_eq!(accepts.len(), 3, "{lines:?}");
+    let waits: Vec<u64> = accepts
+        .iter()
+        .map(|v| {
+            v["wait_us"]
+                .as_u64()
+                .expect("a wait for a queued connection")
+        })
+        .collect();
+    assert!(waits[0] >= 500_000 && waits[0] < 5_000_000, "{waits:?}");
+    assert!(
+        waits[0] > waits[1] && waits[1] > waits[2],
+        "oldest first: {waits:?}"
+    );
+}
+
+/// Non-blocking connects from a watched process: one to a port nobody listens on, one that
+/// succeeds; each returns EINPROGRESS, and the outcome comes later.
+const ASYNC_CONNECT: &str = r#"
+import select, socket, sys
+for port in (int(sys.argv[1]), int(sys.argv[2])):
+    c = socket.socket()
+    c.setblocking(False)
+    try:
+        c.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    select.select([], [c], [], 5)
+    print(c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), flush=True)
+"#;
+
+#[test]
+fn a_non_blocking_connect_reports_its_outcome() {
+    let (closed, open) = (free_port(), free_port());
+    let listener = std::net::TcpListener::bind(("127.0.0.1", open)).unwrap();
+    let mut trace = Trace::start(&["--port", &closed.to_string(), "--port", &open.to_string()]);
+    let child = python(ASYNC_CONNECT, &[&closed.to_string(), &open.to_string()]);
+    let pid = child.id();
+    let out = wait_ok(child, "the connecting script");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["111", "0"]);
+    trace.wait_for(WAIT, |v| {
+        v["kind"] == "connect" && v["port"] == open && v["async"] == true
+    });
+    let lines = trace.stop();
+    drop(listener);
+    let connects = of(&lines, "connect", pid);
+    let outcome = |port: u16| {
+        let mine: Vec<&&Value> = connects.iter().filter(|v| v["port"] == port).collect();
+        assert_eq!(mine.len(), 2, "the call and its outcome: {mine:?}");
+        assert_eq!(mine[0]["errno"], "EINPROGRESS");
+        assert!(mine[0].get("async").is_none());
+        assert_eq!(mine[1]["async"], true);
+        assert_eq!(mine[1]["fd"], mine[0]["fd"]);
+        assert_eq!(
+            mine[1]["comm"], mine[0]["comm"],
+            "the caller, not softirq's task"
+        );
+        (*mine[1]).clone()
+    };
+    let refused = outcome(closed);
+    assert_eq!(refused["ret"], -111);
+    assert_eq!(refused["errno"], "ECONNREFUSED");
+    let connected = outcome(open);
+    assert_eq!(connected["ret"], 0);
+    assert!(connected.get("errno").is_none());
 }

@@ -8,7 +8,7 @@ pub mod sock_diag;
 use std::collections::HashMap;
 
 use crate::{
-    events::{Data, Event},
+    events::{Data, Event, Listener},
     systemd::{Catalog, unit_of_cgroup},
 };
 
@@ -77,6 +77,25 @@ impl Attribution {
         p.unit = unit;
         p.socket_unit = socket_unit;
     }
+}
+
+/// The `listener` open event of a successful listen() by systemd: a socket unit's listener
+/// appeared. `backlog` is the kernel's effective one (Backlog= capped by somaxconn).
+pub fn opened_listener(e: &Event, backlog: Option<u32>) -> Option<Data> {
+    let Data::Listen(l) = &e.data else {
+        return None;
+    };
+    if !crate::detect::context::is_manager(e) || l.outcome.errno.is_some() {
+        return None;
+    }
+    Some(Data::Listener(Listener {
+        action: "open".into(),
+        addr: l.endpoint.addr.clone(),
+        family: l.endpoint.family.clone(),
+        backlog,
+        inode: l.socket.inode,
+        socket_unit: e.process.as_ref().and_then(|p| p.socket_unit.clone()),
+    }))
 }
 
 /// The cgroup path in a `/proc/PID/cgroup` text that names a unit: the unified hierarchy's

@@ -1,5 +1,6 @@
 //! accept/accept4: the listening fd and its socket (address, identity, queue), the new fd and
-//! its peer. EAGAIN from non-blocking servers is not worth a record.
+//! its peer, and how long the connection waited in the accept queue (when sk_data_ready saw it
+//! queued). EAGAIN from non-blocking servers is not worth a record.
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
@@ -8,6 +9,7 @@ use sockact_common::{AcceptRecord, RecordKind};
 use crate::{
     filter::{tgid_of, watched},
     kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix},
+    maps::QUEUED,
     probes::{arg, listen::fd_port_selected, park, reserve, restarted, ret, take},
 };
 
@@ -76,8 +78,17 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     rec.ret = result;
     rec.unix.len = 0;
     rec.unix.ok = 0;
+    rec.wait_ns = 0;
     let listener = fill_sock_info(&mut rec.listener, listen_fd);
     let conn = fill_sock_info(&mut rec.conn, result as i32);
+    if !conn.is_null() {
+        let key = conn as u64;
+        if let Some(queued) = QUEUED.get_ptr(&key) {
+            // SAFETY: points at a live map value.
+            rec.wait_ns = rec.header.ts_ns.saturating_sub(unsafe { *queued });
+            let _ = QUEUED.remove(&key);
+        }
+    }
     // A unix connection carries its listener's name.
     if !listener.is_null() && is_unix(rec.listener.family) {
         fill_unix_addr(&mut rec.unix, listener);

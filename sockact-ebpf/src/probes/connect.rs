@@ -1,15 +1,28 @@
 //! connect(): the destination as the caller passed it, and the result (EINPROGRESS included).
-//! Kept for watched processes and selected ports.
+//! Kept for watched processes and selected ports. A non-blocking TCP connect that returned
+//! EINPROGRESS is parked, and its outcome sent when the socket leaves SYN_SENT
+//! (`sock:inet_sock_set_state`): ECONNREFUSED from a backend that is not listening yet reaches
+//! the caller only through SO_ERROR, never as connect()'s own result.
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
-use sockact_common::{ConnectRecord, RecordKind};
+use sockact_common::{ConnectRecord, RecordKind, connect_flags};
 
 use crate::{
     filter::{tgid_of, user_addr_port_selected, watched},
-    kernel::{fill_header, fill_user_addr},
+    kernel::{fill_header, fill_user_addr, now_ns, offsets, sock_err, sock_of_fd, sock_state},
+    maps::{CONNECT_SCRATCH, CONNECTING},
     probes::{arg, park, reserve, restarted, ret, take},
 };
+
+const EINPROGRESS: i64 = 115;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
 
 #[tracepoint]
 pub fn syscalls_sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -20,6 +33,12 @@ pub fn syscalls_sys_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn syscalls_sys_exit_connect(ctx: TracePointContext) -> u32 {
     let _ = try_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sock_inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    let _ = try_set_state(&ctx);
     0
 }
 
@@ -50,9 +69,11 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     if restarted(result) {
         return None;
     }
-    let mut entry = reserve::<ConnectRecord>()?;
-    // SAFETY: the reserved slot is ours until submitted; every field is written below.
-    let rec = unsafe { &mut *entry.as_mut_ptr() };
+    // Built once, in a scratch slot: sent as the call's result, and, for EINPROGRESS, parked
+    // for its outcome.
+    let rec = CONNECT_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot, ours while the program runs.
+    let rec = unsafe { &mut *rec };
     fill_header(
         &mut rec.header,
         RecordKind::Connect,
@@ -60,9 +81,94 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         pid_tgid,
     );
     rec.fd = pending.fd;
-    rec._pad = 0;
+    rec.flags = 0;
     rec.ret = result;
     fill_user_addr(&mut rec.addr, pending.ptr, pending.arg);
-    entry.submit(0);
+    send(rec, result, 0);
+    if result != -EINPROGRESS {
+        return Some(());
+    }
+    let (sk, _) = sock_of_fd(pending.fd)?;
+    let key = sk as u64;
+    // Parked first, then the state read: a transition in between finds the entry.
+    let _ = CONNECTING.insert(&key, &*rec, 0);
+    let state = sock_state(sk) as i32;
+    if state == TCP_SYN_SENT {
+        return Some(());
+    }
+    // Over loopback the answer is often handled before connect() returns. Still parked means
+    // nobody has told the outcome yet.
+    if CONNECTING.remove(&key).is_ok()
+        && let Some(err) = outcome(state, sk)
+    {
+        send(rec, -(err as i64), connect_flags::ASYNC);
+    }
     Some(())
+}
+
+/// Writes a copy of `rec` with its result and flags, stamped now for an outcome.
+#[inline(always)]
+fn send(rec: &ConnectRecord, result: i64, flags: u32) {
+    let Some(mut entry) = reserve::<ConnectRecord>() else {
+        return;
+    };
+    let size = core::mem::size_of::<ConnectRecord>() as u32;
+    // SAFETY: copies a whole record of the same type into the reserved slot.
+    let copied = unsafe {
+        bpf_probe_read_kernel(
+            entry.as_mut_ptr() as *mut c_void,
+            size,
+            rec as *const ConnectRecord as *const c_void,
+        )
+    };
+    // SAFETY: the reserved slot is ours until submitted.
+    let out = unsafe { &mut *entry.as_mut_ptr() };
+    if copied != 0 {
+        // Never happens for map or scratch memory; the record still says what it can.
+        out.header = rec.header;
+        out.fd = rec.fd;
+        out.addr.len = 0;
+        out.addr.ok = 0;
+    }
+    out.ret = result;
+    out.flags = flags;
+    if flags & connect_flags::ASYNC != 0 {
+        out.header.ts_ns = now_ns();
+    }
+    entry.submit(0);
+}
+
+fn try_set_state(ctx: &TracePointContext) -> Option<()> {
+    let o = offsets()?;
+    if o.tp_state_old == 0 {
+        return None;
+    }
+    // SAFETY: the offsets come from this tracepoint's format file.
+    let old: i32 = unsafe { ctx.read_at(o.tp_state_old as usize).ok()? };
+    if old != TCP_SYN_SENT {
+        return None;
+    }
+    // SAFETY: as above.
+    let sk: u64 = unsafe { ctx.read_at(o.tp_state_skaddr as usize).ok()? };
+    let parked = CONNECTING.get_ptr(&sk)?;
+    // SAFETY: as above.
+    let new: i32 = unsafe { ctx.read_at(o.tp_state_new as usize).ok()? };
+    if let Some(err) = outcome(new, sk as *const u8) {
+        // SAFETY: a live map value; it is copied before the entry is removed.
+        send(unsafe { &*parked }, -(err as i64), connect_flags::ASYNC);
+    }
+    let _ = CONNECTING.remove(&sk);
+    Some(())
+}
+
+/// The errno a connect ended with when its socket left SYN_SENT for `state` (0: connected);
+/// None when there is nothing to tell: closed by its owner before it connected, or a state
+/// that is no outcome.
+#[inline(always)]
+fn outcome(state: i32, sk: *const u8) -> Option<i32> {
+    match state {
+        TCP_ESTABLISHED => Some(0),
+        TCP_CLOSE => Some(sock_err(sk)).filter(|&e| e > 0),
+        _ => None,
+    }
 }

@@ -1,13 +1,15 @@
 //! listen(): the backlog as passed, the socket's address and identity, and the result. Kept for
-//! watched processes, systemd managers and selected ports.
+//! watched processes, systemd managers and selected ports; the listeners of the latter two get
+//! their accept queue watched (`LISTENERS`).
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
-use sockact_common::{ListenRecord, RecordKind};
+use sockact_common::{ListenRecord, RecordKind, counter, listener_watch};
 
 use crate::{
     filter::{is_manager, port_selected, tgid_of, watched},
     kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix, sock_local_port, sock_of_fd},
+    maps::{LISTENERS, count},
     probes::{arg, park, reserve, restarted, ret, take},
 };
 
@@ -73,6 +75,20 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     if !sk.is_null() && is_unix(rec.sock.family) {
         fill_unix_addr(&mut rec.unix, sk);
     }
+    let inode = rec.sock.inode;
     entry.submit(0);
+    // After the record: a queue record of this listener never comes before its listen.
+    if result == 0 && inode != 0 {
+        let why = if is_manager() {
+            listener_watch::MANAGER
+        } else if fd_port_selected(pending.fd) {
+            listener_watch::PORT
+        } else {
+            0
+        };
+        if why != 0 && LISTENERS.insert(&inode, &why, 0).is_err() {
+            count(counter::LISTENERS_FULL);
+        }
+    }
     Some(())
 }

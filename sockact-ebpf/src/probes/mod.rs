@@ -4,6 +4,7 @@ pub mod bind;
 pub mod connect;
 pub mod exec;
 pub mod listen;
+pub mod queue;
 pub mod sched;
 pub mod shutdown;
 
