@@ -184,6 +184,14 @@ fn details(d: &Data) -> String {
     }
 }
 
+/// The longest of some durations in milliseconds, or `-`.
+fn longest(ms: &[f64]) -> String {
+    ms.iter()
+        .copied()
+        .reduce(f64::max)
+        .map_or("-".into(), |m| format!("{m:.0}"))
+}
+
 /// The closing summary as an aligned table, one row a socket unit.
 fn table(s: &Summary) -> String {
     let mut rows = vec![[
@@ -194,6 +202,8 @@ fn table(s: &Summary) -> String {
         "ACCEPTS".into(),
         "PEAK/BACKLOG".into(),
         "WAIT P95 MS".into(),
+        "COLD MS".into(),
+        "GAP MS".into(),
         "DROPS".into(),
         "FINDINGS".into(),
     ]];
@@ -215,6 +225,8 @@ fn table(s: &Summary) -> String {
             u.accept_wait_ms
                 .as_ref()
                 .map_or("-".into(), |p| format!("{:.1}", p.p95)),
+            longest(&u.cold_start_ms),
+            longest(&u.restart_gap_ms),
             u.drops.to_string(),
             if findings.is_empty() {
                 "-".into()
@@ -223,7 +235,7 @@ fn table(s: &Summary) -> String {
             },
         ]);
     }
-    let mut widths = [0usize; 9];
+    let mut widths = [0usize; 11];
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());

@@ -18,6 +18,9 @@ struct Row {
     accept_wait_us: Vec<u64>,
     peak_depth: u32,
     backlog: Option<u32>,
+    drops: u64,
+    cold_start_ms: Vec<f64>,
+    restart_gap_ms: Vec<f64>,
     findings: BTreeMap<String, u64>,
 }
 
@@ -64,6 +67,11 @@ impl Tally {
                     row.backlog = row.backlog.or(Some(q.max));
                 }
             }
+            Data::Drop(d) => {
+                if let Some(s) = &d.socket_unit {
+                    self.rows.entry(s.clone()).or_default().drops += d.count;
+                }
+            }
             Data::Accept(a) if a.outcome.errno.is_none() => {
                 if let Some(s) = e.process.as_ref().and_then(|p| p.socket_unit.clone()) {
                     let row = self.rows.entry(s).or_default();
@@ -90,9 +98,21 @@ impl Tally {
                     (None, Some(u)) => self.ctx.sockets_of(u).into_iter().collect(),
                     (None, None) => Vec::new(),
                 };
+                // The activation and restart figures, from the kernel-timed findings.
+                let figure = |key: &str| f.figures.get(key).and_then(serde_json::Value::as_f64);
+                let timing = match f.rule.as_str() {
+                    "cold_start" => figure("duration_ms").map(|ms| (true, ms)),
+                    "restart_gap" => figure("gap_ms").map(|ms| (false, ms)),
+                    _ => None,
+                };
                 for s in sockets {
                     let row = self.rows.entry(s).or_default();
                     *row.findings.entry(f.rule.clone()).or_default() += 1;
+                    match timing {
+                        Some((true, ms)) => row.cold_start_ms.push(ms),
+                        Some((false, ms)) => row.restart_gap_ms.push(ms),
+                        None => {}
+                    }
                 }
             }
             _ => {}
@@ -120,12 +140,12 @@ impl Tally {
                     listeners: row.listeners.len() as u64,
                     activations,
                     accepts: row.accepts,
-                    cold_start_ms: Vec::new(),
-                    restart_gap_ms: Vec::new(),
+                    cold_start_ms: row.cold_start_ms.clone(),
+                    restart_gap_ms: row.restart_gap_ms.clone(),
                     accept_wait_ms: percentiles(&row.accept_wait_us),
                     peak_depth: row.peak_depth,
                     backlog: row.backlog,
-                    drops: 0,
+                    drops: row.drops,
                     findings: row.findings.clone(),
                 }
             })
@@ -191,7 +211,12 @@ mod tests {
         assert_eq!(echo.listeners, 1);
         assert!(echo.accepts >= 1, "{echo:?}");
         assert!(echo.activations >= 1, "{echo:?}");
-        assert!(echo.findings.is_empty());
+        // Information, not problems: how long the activation and the restart took.
+        let rules: Vec<&str> = echo.findings.keys().map(String::as_str).collect();
+        assert_eq!(rules, ["cold_start", "restart_gap"], "{echo:?}");
+        assert_eq!(echo.cold_start_ms.len(), 1, "{echo:?}");
+        assert_eq!(echo.restart_gap_ms.len(), 1, "{echo:?}");
+        assert!(echo.accept_wait_ms.is_some(), "{echo:?}");
         assert_eq!(row("echo-admin.socket").backlog, Some(16));
     }
 

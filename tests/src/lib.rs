@@ -256,3 +256,33 @@ pub fn unprivileged(args: &[&str]) -> std::process::Output {
         .output()
         .expect("setpriv (util-linux)")
 }
+
+/// A TCP listener's own drop counter, as `ss -tlnm` shows it (`d<N>` in its skmem): every
+/// connection it refused at a full accept queue.
+pub fn ss_drops(port: u16) -> u64 {
+    let out = Command::new("ss")
+        .args(["-tlnmH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split([',', '(', ')'])
+        .find_map(|f| f.trim().strip_prefix('d').and_then(|n| n.parse().ok()))
+        .unwrap_or_else(|| panic!("no drop counter in `ss -tlnm` for port {port}: {text}"))
+}
+
+/// The kernel's count of connections refused at a full accept queue, every listener of this
+/// network namespace together (`nstat`'s TcpExtListenOverflows).
+pub fn listen_overflows() -> u64 {
+    let out = Command::new("nstat")
+        .args(["-asz", "TcpExtListenOverflows"])
+        .output()
+        .expect("nstat (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("TcpExtListenOverflows")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no TcpExtListenOverflows from nstat: {text}"))
+}

@@ -8,7 +8,8 @@ use std::{
 
 use serde_json::Value;
 use sockact_tests::{
-    Trace, connect, free_port, go, of, python, require_root, trace_bin, unprivileged, wait_ok,
+    Trace, connect, free_port, go, of, python, require_root, ss_drops, trace_bin, unprivileged,
+    wait_ok,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -576,18 +577,6 @@ for _ in range(3):
 print("accepted", flush=True)
 sys.stdin.readline()
 "#;
-
-/// The listener's own drop counter, as `ss -tlnm` shows it (`d<N>` in its skmem).
-fn ss_drops(port: u16) -> u64 {
-    let out = Command::new("ss")
-        .args(["-tlnmH", &format!("sport = :{port}")])
-        .output()
-        .expect("ss (iproute2)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split([',', '(', ')'])
-        .find_map(|f| f.trim().strip_prefix('d').and_then(|n| n.parse().ok()))
-        .unwrap_or_else(|| panic!("no drop counter in `ss -tlnm`: {text}"))
-}
 
 #[test]
 fn a_watched_listeners_queue_its_drops_and_each_accepts_wait() {

@@ -3,13 +3,21 @@
 use std::{
     io::{BufRead, BufReader},
     net::TcpStream,
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
 };
 
 use std::process::Command;
 
 use serde_json::Value;
-use sockact_tests::{Trace, connect, of, record, testbed::Container, trace_bin, unprivileged};
+use sockact_tests::{
+    Trace, connect, free_port, listen_overflows, of, python, record, ss_drops, testbed::Container,
+    trace_bin, unprivileged,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
 
@@ -438,10 +446,17 @@ fn expect(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 /// Two traces started after the scenario's units are up, both through the container's bus:
 /// one of `unit`, one with no selector.
 fn traces(c: &Container, unit: &str) -> (Trace, Trace) {
+    traces_with(c, unit, &[])
+}
+
+/// The same, with more options for both.
+fn traces_with(c: &Container, unit: &str, extra: &[&str]) -> (Trace, Trace) {
     let bus = c.bus_address();
-    let one = Trace::start(&["--unit", unit, "--systemd-bus", &bus]);
-    let all = Trace::start(&["--systemd-bus", &bus]);
-    (one, all)
+    let mut one = vec!["--unit", unit, "--systemd-bus", &bus];
+    one.extend_from_slice(extra);
+    let mut all = vec!["--systemd-bus", &bus];
+    all.extend_from_slice(extra);
+    (Trace::start(&one), Trace::start(&all))
 }
 
 /// Waits in both traces for a finding of `rule` about `unit`.
@@ -644,4 +659,337 @@ fn a_service_started_while_its_socket_is_stopped_runs_without_it() {
     let want = expect(&[("socket_inactive", "lonely.service")]);
     assert_eq!(problems(&one), want, "--unit");
     assert_eq!(problems(&all), want, "no selector");
+}
+
+/// Asks through a proxy until the backend answers: a proxy whose backend refuses closes the
+/// client's connection. Returns how many connections it took.
+fn ask_until_served(port: u16) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for attempt in 1.. {
+        let s = connect(port);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut line = String::new();
+        let _ = BufReader::new(s).read_line(&mut line);
+        if line.trim() == "backend" {
+            return attempt;
+        }
+        assert!(Instant::now() < deadline, "the backend never answered");
+        thread::sleep(Duration::from_millis(100));
+    }
+    unreachable!()
+}
+
+#[test]
+fn a_proxy_that_accepts_before_its_backend_listens_and_a_guarded_one() {
+    let c = Container::boot("proxy", 4);
+    // Both first clients wait about a second (the backends' start-up): a cold start worth a
+    // warning elsewhere, not what this scenario is about.
+    let mut t = traces_with(&c, "proxy", &["--set", "cold_start.warn_ms=10000"]);
+    let attempts = ask_until_served(c.port(1));
+    assert!(
+        attempts > 1,
+        "the unguarded proxy's first clients were refused"
+    );
+    assert_eq!(
+        ask_until_served(c.port(3)),
+        1,
+        "the guarded proxy serves its first client"
+    );
+    let f = both_find(&mut t, "accept_before_ready", "proxy.service", WAIT);
+    thread::sleep(SETTLE);
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("accept_before_ready", &all);
+    assert_eq!(f["severity"], "error");
+    assert_eq!(f["socket_unit"], "proxy.socket");
+    assert_eq!(f["backend"], format!("127.0.0.1:{}", c.port(2)));
+    assert_eq!(f["errno"], "ECONNREFUSED");
+    let refused = f["refused"].as_u64().unwrap();
+    assert!(
+        (1..attempts as u64).contains(&refused),
+        "{refused} refused of {attempts} attempts: {f}"
+    );
+    let evidence = f["evidence"].as_array().unwrap();
+    assert_eq!(evidence[0]["kind"], "accept", "{f}");
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["kind"] == "connect" && e["async"] == true && e["errno"] == "ECONNREFUSED"),
+        "the refusal, as the kernel saw the proxy's non-blocking connect end: {f}"
+    );
+    let last = evidence.last().unwrap();
+    assert!(
+        last["kind"] == "connect" && last["ret"] == 0,
+        "the connect that succeeded: {f}"
+    );
+    let want = expect(&[("accept_before_ready", "proxy.service")]);
+    assert_eq!(problems(&one), want, "--unit");
+    assert_eq!(
+        problems(&all),
+        want,
+        "no selector: the guarded proxy has none"
+    );
+    // The guarded proxy connected once, when its backend listened.
+    let guarded: Vec<&Value> = all
+        .iter()
+        .filter(|v| {
+            v["kind"] == "connect" && v["unit"] == "guarded.service" && v["errno"] != "EINPROGRESS"
+        })
+        .collect();
+    assert!(!guarded.is_empty(), "{all:?}");
+    assert!(guarded.iter().all(|v| v["ret"] == 0), "{guarded:?}");
+}
+
+#[test]
+fn a_slow_start_is_a_cold_start_timed_from_the_first_queued_connection() {
+    let c = Container::boot("slow-start", 1);
+    let mut t = traces(&c, "lazy");
+    let asked = Instant::now();
+    assert_eq!(ask(c.port(1)), "lazy");
+    let waited_ms = asked.elapsed().as_millis() as f64;
+    let f = both_find(&mut t, "cold_start", "lazy.service", WAIT);
+    thread::sleep(SETTLE);
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("cold_start", &one);
+    let duration = f["duration_ms"].as_f64().unwrap();
+    // Two seconds of the service's own delay plus its start-up, as the client waited it.
+    assert!(duration >= 2000.0, "{f}");
+    assert!(
+        (duration - waited_ms).abs() <= 0.2 * waited_ms,
+        "cold start {duration} ms, the client waited {waited_ms} ms"
+    );
+    assert_eq!(f["severity"], "warning", "above cold_start.warn_ms");
+    assert_eq!(f["socket_unit"], "lazy.socket");
+    assert_eq!(f["listener"], format!("127.0.0.1:{}", c.port(1)));
+    let evidence = f["evidence"].as_array().unwrap();
+    for kind in ["queue", "exec", "accept"] {
+        assert!(evidence.iter().any(|e| e["kind"] == kind), "no {kind}: {f}");
+    }
+    let want = expect(&[("cold_start", "lazy.service")]);
+    assert_eq!(problems(&one), want, "--unit");
+    assert_eq!(problems(&all), want, "no selector");
+    let summary = one.last().unwrap();
+    let row = summary["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["socket_unit"] == "lazy.socket")
+        .unwrap_or_else(|| panic!("no lazy.socket row: {summary}"));
+    assert_eq!(row["activations"], 1, "{row}");
+    assert_eq!(row["cold_start_ms"], serde_json::json!([duration]), "{row}");
+    assert_eq!(row["backlog"], 4, "{row}");
+}
+
+/// Clients that connect and read an answer in a loop until told to stop; returns how many
+/// were served.
+fn client_load(port: u16, clients: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<u32>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut served = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                    if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(15)) {
+                        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+                        let mut line = String::new();
+                        if BufReader::new(s).read_line(&mut line).is_ok() && line.trim() == "lazy" {
+                            served += 1;
+                        }
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                served
+            })
+        })
+        .collect()
+}
+
+/// A listener with backlog 1 that never accepts, flooded by 40 connects: it overflows on its
+/// own, unwatched.
+const UNRELATED_OVERFLOW: &str = r#"
+import socket, sys, time
+port = int(sys.argv[1])
+s = socket.socket()
+s.bind(("127.0.0.1", port))
+s.listen(1)
+clients = []
+for _ in range(40):
+    c = socket.socket()
+    c.setblocking(False)
+    try:
+        c.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    clients.append(c)
+    time.sleep(0.02)
+time.sleep(3)
+"#;
+
+struct RestartRun {
+    gap: Value,
+    one: Vec<Value>,
+    all: Vec<Value>,
+    /// Growth of the unit listener's own drop counter, and of the kernel's ListenOverflows.
+    ss_drops: u64,
+    overflows: u64,
+    /// The unrelated listener's drops, when there was one.
+    unrelated_drops: Option<u64>,
+}
+
+/// `systemctl restart` of a service with Backlog=4 and a two-second start, under 12 clients;
+/// with `unrelated`, a listener that overflows at the same time.
+fn restart_under_load(c: &Container, unrelated: bool) -> RestartRun {
+    let port = c.port(1);
+    // Running before the trace starts, as an operator finds it.
+    assert_eq!(ask(port), "lazy");
+    let (ss0, n0) = (ss_drops(port), listen_overflows());
+    let mut t = traces(c, "lazy");
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = client_load(port, 12, &stop);
+    thread::sleep(Duration::from_millis(500));
+    let other_port = free_port();
+    let other = unrelated.then(|| python(UNRELATED_OVERFLOW, &[&other_port.to_string()]));
+    c.systemctl_ok(&["restart", "lazy.service"]);
+    let gap = both_find(
+        &mut t,
+        "restart_gap",
+        "lazy.service",
+        Duration::from_secs(20),
+    );
+    let unrelated_drops = other.map(|mut o| {
+        thread::sleep(Duration::from_millis(500));
+        let drops = ss_drops(other_port);
+        let _ = o.kill();
+        let _ = o.wait();
+        drops
+    });
+    stop.store(true, Ordering::Relaxed);
+    let served: u32 = clients.into_iter().map(|h| h.join().unwrap()).sum();
+    assert!(
+        served > 12,
+        "the clients were served before and after: {served}"
+    );
+    // Every connect has ended: the counters have stopped growing.
+    let (ss1, n1) = (ss_drops(port), listen_overflows());
+    both_find(&mut t, "backlog_overflow", "lazy.service", WAIT);
+    thread::sleep(Duration::from_millis(1500));
+    let (one, all) = (t.0.stop(), t.1.stop());
+    RestartRun {
+        gap,
+        one,
+        all,
+        ss_drops: ss1 - ss0,
+        overflows: n1 - n0,
+        unrelated_drops,
+    }
+}
+
+/// The drops of every backlog_overflow finding of a listener.
+fn overflow_drops(lines: &[Value], listener: &str) -> u64 {
+    lines
+        .iter()
+        .filter(|v| v["rule"] == "backlog_overflow" && v["listener"] == listener)
+        .map(|v| v["drops"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_restart_under_load_is_a_gap_and_a_full_backlog_drops_exactly_what_the_kernel_counted() {
+    let c = Container::boot("slow-start", 1);
+    let run = restart_under_load(&c, false);
+    record("restart_gap", &run.one);
+    let listener = format!("127.0.0.1:{}", c.port(1));
+    let gap = &run.gap;
+    assert_eq!(gap["severity"], "warning", "{gap}");
+    assert!(gap["gap_ms"].as_u64().unwrap() >= 2000, "{gap}");
+    assert_eq!(gap["backlog"], 4, "{gap}");
+    // The kernel calls the queue full only past its maximum.
+    assert_eq!(gap["peak_depth"], 5, "{gap}");
+    assert!(gap["drops"].as_u64().unwrap() > 0, "{gap}");
+    let evidence = gap["evidence"].as_array().unwrap();
+    assert!(
+        evidence[0]["kind"] == "exit" && evidence[0]["signal"] == "SIGTERM",
+        "{gap}"
+    );
+    for kind in ["exec", "queue", "drop", "accept"] {
+        assert!(
+            evidence.iter().any(|e| e["kind"] == kind),
+            "no {kind}: {gap}"
+        );
+    }
+    // The queue rose to the backlog, one event per 100 ms at most.
+    let queue: Vec<&Value> = run
+        .one
+        .iter()
+        .filter(|v| v["kind"] == "queue" && v["listener"] == listener.as_str())
+        .collect();
+    assert!(
+        queue.iter().any(|v| v["peak"] == 5 && v["max"] == 4),
+        "{queue:?}"
+    );
+    let exact = run.ss_drops;
+    assert!(exact > 0, "the restart overflowed the backlog");
+    for lines in [&run.one, &run.all] {
+        assert_eq!(
+            overflow_drops(lines, &listener),
+            exact,
+            "the listener's own counter (ss -tlnm d<N>)"
+        );
+    }
+    assert_eq!(
+        run.overflows, exact,
+        "nothing else overflowed: the kernel's TcpExtListenOverflows"
+    );
+    let want = expect(&[
+        ("backlog_overflow", "lazy.service"),
+        ("restart_gap", "lazy.service"),
+    ]);
+    assert_eq!(problems(&run.one), want, "--unit");
+    assert_eq!(problems(&run.all), want, "no selector");
+    let summary = run.one.last().unwrap();
+    let row = summary["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["socket_unit"] == "lazy.socket")
+        .unwrap_or_else(|| panic!("no lazy.socket row: {summary}"));
+    assert_eq!(row["drops"], exact, "{row}");
+    assert_eq!(row["peak_depth"], 5, "{row}");
+    assert_eq!(
+        row["restart_gap_ms"][0].as_f64(),
+        gap["gap_ms"].as_f64(),
+        "{row}"
+    );
+    assert_eq!(row["restart_gap_ms"].as_array().map(Vec::len), Some(1));
+    assert!(
+        row["accept_wait_ms"]["max"].as_f64().unwrap() >= 1000.0,
+        "{row}"
+    );
+}
+
+#[test]
+fn an_unrelated_listener_overflowing_at_the_same_time_adds_nothing() {
+    let c = Container::boot("slow-start", 1);
+    let run = restart_under_load(&c, true);
+    let listener = format!("127.0.0.1:{}", c.port(1));
+    let unrelated = run.unrelated_drops.unwrap();
+    assert!(unrelated > 0, "the unrelated listener overflowed");
+    assert!(
+        run.overflows >= run.ss_drops + unrelated,
+        "the kernel counted both: {} >= {} + {unrelated}",
+        run.overflows,
+        run.ss_drops
+    );
+    for lines in [&run.one, &run.all] {
+        assert_eq!(overflow_drops(lines, &listener), run.ss_drops);
+        let findings: Vec<&Value> = lines
+            .iter()
+            .filter(|v| v["rule"] == "backlog_overflow")
+            .collect();
+        assert!(
+            findings.iter().all(|f| f["listener"] == listener.as_str()),
+            "only the watched listener: {findings:?}"
+        );
+    }
+    assert!(run.gap["drops"].as_u64().unwrap() <= run.ss_drops);
 }

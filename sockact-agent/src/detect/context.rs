@@ -10,6 +10,15 @@ use crate::{
     events::{Data, Event, NumberOrString, Process, Unit},
 };
 
+/// A new main process that starts this soon after the previous one ended is that service's
+/// restart (`systemctl restart`, or Restart= after RestartSec=, 100 ms by default); a later one
+/// was started by a connection, a cold start.
+pub const RESTART_WINDOW_NS: i128 = 1_000_000_000;
+
+/// How many of a service's MainPID values are remembered: its exit may be read after systemd
+/// already names the next one.
+const MAIN_PIDS_KEPT: usize = 4;
+
 /// One of systemd's listening sockets.
 #[derive(Clone, Debug)]
 pub struct Listening {
@@ -56,6 +65,10 @@ pub struct Context {
     /// an address systemd holds (double_bind) or got a LISTEN_PID not its own
     /// (listen_pid_mismatch). Until one of them accepts on a systemd listener.
     explained: HashSet<String>,
+    /// Service -> the MainPIDs systemd named for it, newest last (PIDs in its namespace).
+    main_pids: HashMap<String, Vec<u32>>,
+    /// Service -> the exit of its latest main process.
+    last_main_exit: HashMap<String, Event>,
 }
 
 /// An event's time, Unix nanoseconds (0 when unreadable).
@@ -166,6 +179,11 @@ impl Context {
                 );
             }
             Data::Unit(u) => self.learn_unit(u, e),
+            Data::Exit(_) => {
+                if let Some(service) = self.main_exit(e) {
+                    self.last_main_exit.insert(service, e.clone());
+                }
+            }
             Data::Queue(q) => {
                 if q.depth == 0 {
                     self.waiting.remove(&q.listener);
@@ -230,7 +248,33 @@ impl Context {
         }
     }
 
+    /// Whether an accept served one of `service`'s own socket units: its listener is a systemd
+    /// listener (where the inodes tell) whose socket unit starts `service`.
+    pub fn serves_own_socket(&self, e: &Event, service: &str) -> bool {
+        let Data::Accept(a) = &e.data else {
+            return false;
+        };
+        let Some(l) = a.listener.as_deref().and_then(|l| self.listeners.get(l)) else {
+            return false;
+        };
+        let same = l.inode.is_none() || a.socket.inode.is_none() || l.inode == a.socket.inode;
+        same && l
+            .socket_unit
+            .as_deref()
+            .and_then(|s| self.service_of(s))
+            .is_some_and(|s| s == service)
+    }
+
     fn learn_unit(&mut self, u: &Unit, e: &Event) {
+        if let Some(pid) = u.main_pid.filter(|&p| p != 0) {
+            let pids = self.main_pids.entry(u.unit.clone()).or_default();
+            if pids.last() != Some(&pid) {
+                if pids.len() == MAIN_PIDS_KEPT {
+                    pids.remove(0);
+                }
+                pids.push(pid);
+            }
+        }
         if let Some(t) = u.triggers.as_ref().and_then(|t| t.first()) {
             self.triggers.insert(u.unit.clone(), t.clone());
         }
@@ -262,6 +306,33 @@ impl Context {
             now.triggers.clone_from(&prev.triggers);
         }
         self.units.insert(u.unit.clone(), latest);
+    }
+
+    /// The service whose main process ended with this exit: a process exec'd with its fds and
+    /// its own LISTEN_PID, or one systemd named as the service's MainPID (a process that
+    /// started before the trace, whose exec was not seen).
+    pub fn main_exit(&self, e: &Event) -> Option<String> {
+        let (Data::Exit(_), Some(p)) = (&e.data, &e.process) else {
+            return None;
+        };
+        if let Some(exec) = self.execs.get(&p.pid) {
+            return is_main(exec)
+                .then(|| unit_of(exec).map(str::to_owned))
+                .flatten();
+        }
+        let unit = unit_of(e).filter(|u| !is_instance(u))?;
+        self.main_pids
+            .get(unit)
+            .is_some_and(|pids| pids.contains(&own_pid(p)))
+            .then(|| unit.to_owned())
+    }
+
+    /// The exit of the main process that `exec` (a new main process of `service`) restarts:
+    /// the previous one ended at most [`RESTART_WINDOW_NS`] before.
+    pub fn restarted_by(&self, service: &str, exec: &Event) -> Option<&Event> {
+        let exit = self.last_main_exit.get(service)?;
+        let gap = time_of(exec) - time_of(exit);
+        (0..=RESTART_WINDOW_NS).contains(&gap).then_some(exit)
     }
 
     /// The exec of a live process.
@@ -352,6 +423,26 @@ impl Context {
             .collect();
         found.sort_by_key(|(_, w)| w.since);
         found.into_iter().next()
+    }
+
+    /// The socket unit that owns a listener: the one an event names, else the one known to
+    /// hold the address.
+    pub fn socket_unit_at(&self, addr: &str, named: Option<&String>) -> Option<String> {
+        named
+            .cloned()
+            .or_else(|| self.listeners.get(addr).and_then(|l| l.socket_unit.clone()))
+    }
+
+    /// The socket unit and the service of a queue or drop event's listener.
+    pub fn owner_of(&self, e: &Event) -> Option<(String, String)> {
+        let (addr, named) = match &e.data {
+            Data::Queue(q) => (&q.listener, q.socket_unit.as_ref()),
+            Data::Drop(d) => (&d.listener, d.socket_unit.as_ref()),
+            _ => return None,
+        };
+        let socket_unit = self.socket_unit_at(addr, named)?;
+        let service = self.service_of(&socket_unit)?;
+        Some((socket_unit, service))
     }
 
     /// The socket unit that owns a waiting listener.

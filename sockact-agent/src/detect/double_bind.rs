@@ -103,7 +103,7 @@ impl Rule for DoubleBind {
 
 #[cfg(test)]
 mod tests {
-    use crate::detect::testing::replay;
+    use crate::detect::testing::{problems, replay};
 
     #[test]
     fn a_service_binding_its_own_port_is_a_double_bind_in_use() {
@@ -153,7 +153,9 @@ mod tests {
     #[test]
     fn a_healthy_service_is_no_double_bind() {
         // Recorded on the test bed: tests/scenarios/healthy, `sockact-trace --unit echo`.
-        let findings = replay(include_str!("../../../tests/fixtures/healthy_echo.ndjson"));
+        let findings = problems(&replay(include_str!(
+            "../../../tests/fixtures/healthy_echo.ndjson"
+        )));
         assert!(findings.is_empty(), "{findings:?}");
     }
 }

@@ -63,7 +63,7 @@ impl Rule for FdnamesDuplicate {
 mod tests {
     use serde_json::json;
 
-    use crate::detect::testing::replay;
+    use crate::detect::testing::{problems, replay};
 
     #[test]
     fn the_recorded_two_address_socket_unit() {
@@ -91,7 +91,8 @@ mod tests {
             include_str!("../../../tests/fixtures/healthy_echo.ndjson"),
             include_str!("../../../tests/fixtures/accept_yes.ndjson"),
         ] {
-            assert!(replay(fixture).is_empty());
+            let findings = problems(&replay(fixture));
+            assert!(findings.is_empty(), "{findings:?}");
         }
     }
 }

@@ -121,13 +121,15 @@ impl Rule for FdsIgnored {
 
 #[cfg(test)]
 mod tests {
-    use crate::detect::testing::{replay, rules};
+    use crate::detect::testing::{problems, replay, rules};
 
     #[test]
     fn a_service_that_closes_fd_3_and_serves_elsewhere() {
         // Recorded on the test bed: tests/scenarios/fds-ignored, no selector: with a busy
         // service (slow.service) whose second client waits 4 s, which must not fire.
-        let findings = replay(include_str!("../../../tests/fixtures/fds_ignored.ndjson"));
+        let findings = problems(&replay(include_str!(
+            "../../../tests/fixtures/fds_ignored.ndjson"
+        )));
         assert_eq!(rules(&findings), ["fds_ignored"], "{findings:?}");
         let f = &findings[0];
         assert_eq!(f.severity, "error");
@@ -148,6 +150,7 @@ mod tests {
             include_str!("../../../tests/fixtures/fds_ignored.ndjson"),
             t,
         );
+        let findings = problems(&findings);
         assert!(
             findings.is_empty(),
             "the recorded wait was shorter: {findings:?}"

@@ -161,15 +161,15 @@ impl Rule for ListenPidMismatch {
 
 #[cfg(test)]
 mod tests {
-    use crate::detect::testing::{replay, rules};
+    use crate::detect::testing::{problems, replay, rules};
 
     #[test]
     fn wrappers_that_fork_the_server_and_workers_that_serve() {
         // Recorded on the test bed: tests/scenarios/wrappers, no selector: a shell wrapper and
         // a launcher fork the server; a parent forks workers that inherit the fds and serve.
-        let findings = replay(include_str!(
+        let findings = problems(&replay(include_str!(
             "../../../tests/fixtures/listen_pid_mismatch.ndjson"
-        ));
+        )));
         assert_eq!(rules(&findings), ["listen_pid_mismatch"], "{findings:?}");
         let mut units: Vec<&str> = findings.iter().filter_map(|f| f.unit.as_deref()).collect();
         units.sort();

@@ -1,12 +1,16 @@
 //! The findings engine: one module per rule behind one small trait. Rules take plain events,
 //! do no I/O, and report one finding per episode; time comes from the events themselves (and,
 //! live, from a clock tick), so a recorded stream replays to the same findings.
+pub mod accept_before_ready;
 pub mod activation_failed;
+pub mod backlog_overflow;
+pub mod cold_start;
 pub mod context;
 pub mod double_bind;
 pub mod fdnames_duplicate;
 pub mod fds_ignored;
 pub mod listen_pid_mismatch;
+pub mod restart_gap;
 pub mod socket_inactive;
 pub mod thresholds;
 
@@ -27,6 +31,10 @@ pub trait Rule {
     fn observe(&mut self, ctx: &Context, event: &Event, out: &mut Vec<Finding>);
     /// Decides what is due at `ctx.now`: called after every event and on a live timer.
     fn tick(&mut self, _ctx: &Context, _out: &mut Vec<Finding>) {}
+    /// Decides what is pending when the stream ends: by default what is due by then.
+    fn flush(&mut self, ctx: &Context, out: &mut Vec<Finding>) {
+        self.tick(ctx, out);
+    }
 }
 
 /// Every rule, fed the same stream.
@@ -55,6 +63,10 @@ impl Engine {
                 Box::new(fdnames_duplicate::FdnamesDuplicate::default()),
                 Box::new(activation_failed::ActivationFailed::default()),
                 Box::new(socket_inactive::SocketInactive::default()),
+                Box::new(accept_before_ready::AcceptBeforeReady::default()),
+                Box::new(cold_start::ColdStart::default()),
+                Box::new(restart_gap::RestartGap::default()),
+                Box::new(backlog_overflow::BacklogOverflow::default()),
             ],
         }
     }
@@ -87,10 +99,14 @@ impl Engine {
     }
 
     /// Decides what is pending when the stream ends, at the time of its last event: a wait
-    /// that has not yet lasted its threshold is not a finding.
+    /// that has not yet lasted its threshold is not a finding, an episode still going on is.
     pub fn flush(&mut self) -> Vec<Finding> {
-        let now = self.ctx.now;
-        self.tick(now)
+        let mut out = Vec::new();
+        self.ticked = self.ctx.now;
+        for rule in &mut self.rules {
+            rule.flush(&self.ctx, &mut out);
+        }
+        out
     }
 }
 
@@ -160,7 +176,11 @@ pub mod testing {
             (
                 "healthy_echo",
                 include_str!("../../../tests/fixtures/healthy_echo.ndjson"),
-                &[],
+                // Information: the activation and the restart, timed.
+                &[
+                    ("cold_start", "echo.service"),
+                    ("restart_gap", "echo.service"),
+                ],
             ),
             (
                 "healthy_all",
@@ -189,6 +209,7 @@ pub mod testing {
                 "fdnames_duplicate",
                 include_str!("../../../tests/fixtures/fdnames_duplicate.ndjson"),
                 &[
+                    ("cold_start", "twice.service"),
                     ("fdnames_duplicate", "twice.service"),
                     ("fds_ignored", "twice.service"),
                 ],
@@ -196,12 +217,16 @@ pub mod testing {
             (
                 "fds_ignored",
                 include_str!("../../../tests/fixtures/fds_ignored.ndjson"),
-                &[("fds_ignored", "ignorer.service")],
+                &[
+                    ("cold_start", "slow.service"),
+                    ("fds_ignored", "ignorer.service"),
+                ],
             ),
             (
                 "listen_pid_mismatch",
                 include_str!("../../../tests/fixtures/listen_pid_mismatch.ndjson"),
                 &[
+                    ("cold_start", "workers.service"),
                     ("listen_pid_mismatch", "launcher.service"),
                     ("listen_pid_mismatch", "shwrap.service"),
                 ],
@@ -216,6 +241,30 @@ pub mod testing {
                 include_str!("../../../tests/fixtures/socket_inactive.ndjson"),
                 &[("socket_inactive", "lonely.service")],
             ),
+            (
+                "accept_before_ready",
+                include_str!("../../../tests/fixtures/accept_before_ready.ndjson"),
+                // The guarded proxy: its first client waited for the guard, nothing failed.
+                &[
+                    ("accept_before_ready", "proxy.service"),
+                    ("cold_start", "guarded.service"),
+                    ("cold_start", "proxy.service"),
+                ],
+            ),
+            (
+                "cold_start",
+                include_str!("../../../tests/fixtures/cold_start.ndjson"),
+                &[("cold_start", "lazy.service")],
+            ),
+            (
+                "restart_gap",
+                include_str!("../../../tests/fixtures/restart_gap.ndjson"),
+                // A restart: timed from the exit, never also a cold start.
+                &[
+                    ("backlog_overflow", "lazy.service"),
+                    ("restart_gap", "lazy.service"),
+                ],
+            ),
         ];
         for (name, fixture, want) in cases {
             let want: Vec<(String, String)> = want
@@ -224,6 +273,15 @@ pub mod testing {
                 .collect();
             assert_eq!(pairs(&replay(fixture)), want, "{name}");
         }
+    }
+
+    /// The warnings and errors: what an operator must act on (info findings describe).
+    pub fn problems(findings: &[Finding]) -> Vec<Finding> {
+        findings
+            .iter()
+            .filter(|f| f.severity != "info")
+            .cloned()
+            .collect()
     }
 
     /// The rules that fired, sorted, each once.
