@@ -50,9 +50,11 @@ impl Clock {
         boot_ns as i128 + self.realtime_minus_boot_ns
     }
 
-    /// Now, nanoseconds since the Unix epoch.
-    pub fn now_unix_ns() -> i128 {
-        now_ns(libc::CLOCK_REALTIME)
+    /// Now on the kernel's timeline, nanoseconds since the Unix epoch: CLOCK_BOOTTIME with the
+    /// offset taken at start, so that times sockact makes compare with the kernel's even after
+    /// the wall clock is stepped.
+    pub fn now(&self) -> i128 {
+        self.unix_ns_from_boot_ns(Self::boot_now_ns())
     }
 
     pub fn now_rfc3339() -> String {

@@ -278,6 +278,14 @@ impl Loaded {
         Ok(())
     }
 
+    /// The listeners whose queue the kernel watches.
+    pub fn watched_listeners(&mut self) -> Vec<u64> {
+        match self.listeners() {
+            Ok(Some(map)) => map.keys().filter_map(Result::ok).collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Stops watching a listener that closed.
     pub fn forget_listener(&mut self, inode: u64) {
         if let Ok(Some(mut map)) = self.listeners() {

@@ -142,6 +142,9 @@ struct Session {
     ports: HashSet<u16>,
     /// Listeners seen closed, to stop watching in the kernel.
     closed: Vec<u64>,
+    /// Listeners the kernel watches that nothing here follows, at the last look: another
+    /// unit's under `--unit`, or one that closed unseen. Forgotten at the next look.
+    unfollowed: HashSet<u64>,
     tally: Tally,
     received: u64,
     undecodable: u64,
@@ -154,7 +157,7 @@ impl Session {
         Event {
             v: SCHEMA_VERSION,
             seq: 0,
-            ts: Clock::now_rfc3339(),
+            ts: crate::clock::rfc3339(self.clock.now()),
             host: self.host.clone(),
             data,
             process: None,
@@ -244,7 +247,7 @@ impl Session {
     /// Samples the accept queues of the watched listeners, writes what is due, and lets the
     /// detectors decide what is due now.
     fn tick(&mut self, loaded: &mut Loaded) -> Result<(), Halt> {
-        let now = Clock::now_unix_ns();
+        let now = self.clock.now();
         self.sample_queues(now)?;
         let due = self.queues.due(now);
         self.publish_timed(due)?;
@@ -376,11 +379,26 @@ impl Session {
         Ok(())
     }
 
+    /// Stops the kernel watching listeners nothing here follows. Only those found unfollowed
+    /// at two looks in a row: a listen whose record is still in the ring buffer is followed by
+    /// the next.
+    fn prune_listeners(&mut self, loaded: &mut Loaded) {
+        let unfollowed: HashSet<u64> = loaded
+            .watched_listeners()
+            .into_iter()
+            .filter(|&inode| !self.queues.follows(inode))
+            .collect();
+        for &inode in unfollowed.intersection(&self.unfollowed) {
+            loaded.forget_listener(inode);
+        }
+        self.unfollowed = unfollowed;
+    }
+
     /// Turns the growth of every loss counter into a `lost` event: records that found the
     /// ring buffer full, syscalls and watch marks a full kernel map could not keep, records
     /// that could not be decoded.
     fn report_lost(&mut self, counters: &Counters) -> Result<(), Halt> {
-        let now = Clock::now_rfc3339();
+        let now = crate::clock::rfc3339(self.clock.now());
         let since = std::mem::replace(&mut self.lost_since, now);
         let maps = counters.watch_full + counters.pending_full + counters.listeners_full;
         let growth = [
@@ -642,6 +660,7 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
         queues: QueueTracker::default(),
         ports: config.ports.iter().copied().collect(),
         closed: Vec::new(),
+        unfollowed: HashSet::new(),
         tally: Tally::default(),
         received: 0,
         undecodable: 0,
@@ -777,6 +796,7 @@ async fn read_loop(
                     last_lost_check = Instant::now();
                     let counters = ring.get_ref().counters();
                     r = session.report_lost(&counters);
+                    session.prune_listeners(ring.get_mut());
                 }
                 r.and_then(|()| Ok(session.out.flush()?)).and_then(|()| {
                     if stdout_closed() { Err(Halt::Stop(Stop::StdoutClosed)) } else { Ok(()) }
@@ -800,7 +820,7 @@ async fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Halt> 
     tokio::time::sleep(Duration::from_millis(20)).await;
     session.drain(loaded)?;
     // The queues' last state and the drop counters' last growth, before the rules decide.
-    let now = Clock::now_unix_ns();
+    let now = session.clock.now();
     session.sample_queues(now)?;
     let last = session.queues.flush(now);
     session.publish_timed(last)?;
@@ -819,7 +839,7 @@ async fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Halt> 
     );
     let e = session.meta(Data::Agent(stop));
     session.emit(e)?;
-    let now = crate::clock::parse_rfc3339(&Clock::now_rfc3339()).unwrap_or(0);
+    let now = session.clock.now();
     let summary = session.tally.summary(now);
     let e = session.meta(Data::Summary(summary));
     session.out.emit(e)?;

@@ -24,10 +24,21 @@ pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
 #[map(name = "LISTENERS")]
 pub static LISTENERS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 
-/// When each connection on a watched listener was queued: child `struct sock` -> CLOCK_BOOTTIME
-/// ns, taken by the accept that returns it. LRU: a connection never accepted ages out.
+/// When each connection on a watched listener was queued: child `struct sock` -> [`Queued`],
+/// taken by the accept that returns it. LRU: a connection never accepted by a traced process
+/// (systemd's own accepts for Accept=yes) ages out.
 #[map]
-pub static QUEUED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+pub static QUEUED: LruHashMap<u64, Queued> = LruHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Queued {
+    /// CLOCK_BOOTTIME ns.
+    pub ts: u64,
+    /// The listener's inode: an entry left by a connection nobody traced accepted, whose
+    /// `struct sock` address was reused since, belongs to another listener and is not taken.
+    pub listener: u64,
+}
 
 /// Non-blocking connects still in SYN_SENT: `struct sock` -> the record written when connect
 /// returned EINPROGRESS, sent again with the outcome when the socket leaves SYN_SENT.

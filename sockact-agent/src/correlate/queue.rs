@@ -199,9 +199,13 @@ impl QueueTracker {
         let Some(f) = self.listeners.get_mut(&o.inode) else {
             return out;
         };
-        f.now = o.depth;
+        // An observation older than the latest (a kernel record read after a sample) still
+        // counts for the peak, not for the depth now.
+        if o.ts >= f.observed_at {
+            f.now = o.depth;
+            f.observed_at = o.ts;
+        }
         f.peak = f.peak.max(o.depth);
-        f.observed_at = f.observed_at.max(o.ts);
         if let Some(b) = o.backlog.filter(|&b| b > 0) {
             f.max = b;
         }

@@ -4,13 +4,17 @@
 //! backend succeeded: the backend was not ready when the front end took the connection, the
 //! socket-proxyd cold start. Seen from the proxy's side (the backend itself is usually not
 //! watched); non-blocking connects count by their outcome (`async`), never by EINPROGRESS.
-use std::collections::HashMap;
+//!
+//! The accept is the first of an activation (the first after a main process's exec): a
+//! backend that goes away and comes back while the front end has long been serving is an
+//! outage of the backend, not a readiness race of the start-up.
+use std::collections::{HashMap, HashSet};
 
 use serde_json::json;
 
 use super::{
     Rule,
-    context::{Context, is_instance, time_of, unit_of},
+    context::{Context, is_instance, is_main, time_of, unit_of},
     evidence, figures,
 };
 use crate::events::{Connect, Data, Event, Finding};
@@ -33,7 +37,9 @@ struct Refused {
 
 #[derive(Default)]
 pub struct AcceptBeforeReady {
-    /// Service -> its latest accept.
+    /// Services started since their last accept.
+    started: HashSet<String>,
+    /// Service -> the first accept of its latest activation.
     accepts: HashMap<String, Event>,
     /// (service, backend) -> the connects refused since an accept.
     refused: HashMap<(String, String), Refused>,
@@ -56,8 +62,15 @@ fn outcome(c: &Connect) -> Option<Option<&str>> {
 impl Rule for AcceptBeforeReady {
     fn observe(&mut self, ctx: &Context, e: &Event, out: &mut Vec<Finding>) {
         match &e.data {
+            Data::Exec(_) if is_main(e) => {
+                if let Some(unit) = unit_of(e) {
+                    self.started.insert(unit.to_owned());
+                }
+            }
             Data::Accept(a) if a.outcome.errno.is_none() => {
-                if let Some(unit) = unit_of(e).filter(|u| activated(ctx, u)) {
+                if let Some(unit) = unit_of(e).filter(|u| activated(ctx, u))
+                    && self.started.remove(unit)
+                {
                     self.accepts.insert(unit.to_owned(), e.clone());
                 }
             }
@@ -107,6 +120,8 @@ impl Rule for AcceptBeforeReady {
         // Instances come and go with their connections.
         self.accepts
             .retain(|u, a| !is_instance(u) || ctx.now - time_of(a) <= FORGET_NS);
+        self.started
+            .retain(|u| !is_instance(u) || !ctx.activated(u).is_empty());
     }
 }
 

@@ -35,26 +35,27 @@ struct Episode {
 
 #[derive(Default)]
 pub struct BacklogOverflow {
-    /// Listener address -> its episode under way.
-    episodes: HashMap<String, Episode>,
-    /// Listener address -> its latest queue event (the queue that was full).
-    queues: HashMap<String, Event>,
+    /// Listener -> its episode under way.
+    episodes: HashMap<Key, Episode>,
+    /// Listener -> its latest queue event (the queue that was full).
+    queues: HashMap<Key, Event>,
 }
 
 impl Rule for BacklogOverflow {
     fn observe(&mut self, _ctx: &Context, e: &Event, _out: &mut Vec<Finding>) {
         match &e.data {
             Data::Queue(q) => {
-                self.queues.insert(q.listener.clone(), e.clone());
-                if let Some(ep) = self.episodes.get_mut(&q.listener) {
+                let key = Key::of(&q.listener, q.socket.inode);
+                if let Some(ep) = self.episodes.get_mut(&key) {
                     ep.note_queue(e, q.peak.max(q.depth), q.max);
                 }
+                self.queues.insert(key, e.clone());
             }
             Data::Drop(d) if d.count > 0 => {
                 let t = time_of(e);
                 let ep = self
                     .episodes
-                    .entry(d.listener.clone())
+                    .entry(Key::of(&d.listener, d.socket.inode))
                     .or_insert_with(|| Episode {
                         first: t,
                         last: t,
@@ -65,7 +66,7 @@ impl Rule for BacklogOverflow {
                         backlog: None,
                     });
                 if ep.fullest.is_none()
-                    && let Some(q) = self.queues.get(&d.listener)
+                    && let Some(q) = self.queues.get(&Key::of(&d.listener, d.socket.inode))
                     && let Data::Queue(x) = &q.data
                 {
                     ep.note_queue(q, x.peak.max(x.depth), x.max);
@@ -80,7 +81,7 @@ impl Rule for BacklogOverflow {
                 }
             }
             Data::Listener(l) if l.action == "close" => {
-                self.queues.remove(&l.addr);
+                self.queues.remove(&Key::of(&l.addr, l.inode));
             }
             _ => {}
         }
@@ -92,6 +93,23 @@ impl Rule for BacklogOverflow {
 
     fn flush(&mut self, ctx: &Context, out: &mut Vec<Finding>) {
         self.report(ctx, out, true);
+    }
+}
+
+/// A listener: its inode where known (two network namespaces can hold the same address),
+/// and its address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    inode: Option<u64>,
+    addr: String,
+}
+
+impl Key {
+    fn of(addr: &str, inode: Option<u64>) -> Self {
+        Key {
+            inode,
+            addr: addr.to_owned(),
+        }
     }
 }
 
@@ -108,18 +126,19 @@ impl Episode {
 impl BacklogOverflow {
     /// Reports the episodes that ended (every one when `all`).
     fn report(&mut self, ctx: &Context, out: &mut Vec<Finding>, all: bool) {
-        let done: Vec<String> = self
+        let done: Vec<Key> = self
             .episodes
             .iter()
             .filter(|(_, ep)| {
                 all || ctx.now - ep.last >= QUIET_NS || ctx.now - ep.first >= LONGEST_NS
             })
-            .map(|(addr, _)| addr.clone())
+            .map(|(key, _)| key.clone())
             .collect();
-        for addr in done {
-            let Some(ep) = self.episodes.remove(&addr) else {
+        for key in done {
+            let Some(ep) = self.episodes.remove(&key) else {
                 continue;
             };
+            let addr = key.addr;
             let named = ep.drop_events.first().and_then(|e| match &e.data {
                 Data::Drop(d) => d.socket_unit.clone(),
                 _ => None,

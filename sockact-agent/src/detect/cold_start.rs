@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::{
     Rule,
-    context::{Context, is_instance, is_main, time_of, unit_of},
+    context::{Context, is_instance, is_main, time_of, unit_of, waited_for_start},
     evidence, figures, millis,
 };
 use crate::events::{Data, Event, Finding};
@@ -68,7 +68,21 @@ impl Rule for ColdStart {
                     self.queued.remove(service);
                     return;
                 }
-                let queued = self.queued.remove(service);
+                // A wrapper that execs the server (`sh -c '... exec app'`): the same start.
+                let pid = e.process.as_ref().map(|p| p.pid);
+                if self
+                    .pending
+                    .get(service)
+                    .is_some_and(|a| a.exec.process.as_ref().map(|p| p.pid) == pid)
+                {
+                    return;
+                }
+                // What waits: the connection that made the queue non-empty, or, when the queue
+                // never emptied (a busy listener whose process ended), the oldest waiting one.
+                let queued = self
+                    .queued
+                    .remove(service)
+                    .or_else(|| ctx.waiting_for(service).map(|(_, w)| w.first.clone()));
                 self.serving.remove(service);
                 self.pending.insert(
                     service.to_owned(),
@@ -123,7 +137,8 @@ impl ColdStart {
         let Data::Queue(q) = &queued.data else {
             return;
         };
-        if time_of(&queued) > time_of(accept) {
+        // A connection that came when the process was ready did not wait for its start.
+        if !waited_for_start(time_of(&queued), time_of(&activation.exec), time_of(accept)) {
             return;
         }
         let duration_ms = millis(time_of(&queued), time_of(accept));

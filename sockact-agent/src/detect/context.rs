@@ -15,6 +15,18 @@ use crate::{
 /// was started by a connection, a cold start.
 pub const RESTART_WINDOW_NS: i128 = 1_000_000_000;
 
+/// A connection accepted this soon after it was queued found its process ready (a blocking
+/// accept or an event loop takes it within microseconds to a millisecond): it did not wait for
+/// a start.
+pub const READY_WAIT_NS: i128 = 5_000_000;
+
+/// Whether a connection queued at `queued` and accepted at `accepted` waited for a process
+/// started at `started`: it was queued before the start, or waited longer than a ready process
+/// makes a connection wait.
+pub fn waited_for_start(queued: i128, started: i128, accepted: i128) -> bool {
+    queued <= started || accepted - queued >= READY_WAIT_NS
+}
+
 /// How many of a service's MainPID values are remembered: its exit may be read after systemd
 /// already names the next one.
 const MAIN_PIDS_KEPT: usize = 4;
@@ -315,9 +327,11 @@ impl Context {
         let (Data::Exit(_), Some(p)) = (&e.data, &e.process) else {
             return None;
         };
+        // Accept=yes instances live for one connection: no restart to time, and keyed by
+        // their names they would pile up.
         if let Some(exec) = self.execs.get(&p.pid) {
             return is_main(exec)
-                .then(|| unit_of(exec).map(str::to_owned))
+                .then(|| unit_of(exec).filter(|u| !is_instance(u)).map(str::to_owned))
                 .flatten();
         }
         let unit = unit_of(e).filter(|u| !is_instance(u))?;

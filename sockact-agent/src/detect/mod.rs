@@ -183,6 +183,12 @@ pub mod testing {
                 ],
             ),
             (
+                "idle_restart",
+                include_str!("../../../tests/fixtures/idle_restart.ndjson"),
+                // Restarted with no client, a client much later: nobody waited for a start.
+                &[],
+            ),
+            (
                 "healthy_all",
                 include_str!("../../../tests/fixtures/healthy_all.ndjson"),
                 &[],

@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::{
     Rule,
-    context::{Context, RESTART_WINDOW_NS, is_instance, is_main, time_of, unit_of},
+    context::{
+        Context, RESTART_WINDOW_NS, is_instance, is_main, time_of, unit_of, waited_for_start,
+    },
     evidence, figures, millis,
 };
 use crate::events::{Data, Event, Finding};
@@ -74,8 +76,9 @@ impl Rule for RestartGap {
                 };
                 match ctx.restarted_by(service, e) {
                     Some(_) => {
+                        // The first exec: a wrapper's exec of the server is the same start.
                         if let Some(g) = self.gaps.get_mut(service) {
-                            g.exec = Some(e.clone());
+                            g.exec.get_or_insert_with(|| e.clone());
                         }
                     }
                     // Started by a connection long after: a cold start, not a restart.
@@ -157,11 +160,20 @@ impl RestartGap {
 }
 
 fn decide(ctx: &Context, service: &str, g: Gap, out: &mut Vec<Finding>) {
-    let Some(accept) = g.accepted.as_ref() else {
+    let (Some(accept), Some(exec)) = (g.accepted.as_ref(), g.exec.as_ref()) else {
         return;
     };
-    if g.peak_depth == 0 && g.drops == 0 {
-        // Nobody waited through it.
+    // Nobody waited through it: the first connection served came when the new process was
+    // ready (however late after the restart), or none was seen queued at all. The first accept
+    // takes the oldest connection: when it was queued says whether anyone waited.
+    let accepted = time_of(accept);
+    let queued = match &accept.data {
+        Data::Accept(a) if a.wait_us.is_some() => {
+            a.wait_us.map(|w| accepted - i128::from(w) * 1000)
+        }
+        _ => g.first_queued.as_ref().map(time_of),
+    };
+    if !queued.is_some_and(|q| waited_for_start(q, time_of(exec), accepted)) {
         return;
     }
     let gap_ms = millis(time_of(&g.exit), time_of(accept));

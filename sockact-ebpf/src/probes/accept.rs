@@ -85,7 +85,10 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         let key = conn as u64;
         if let Some(queued) = QUEUED.get_ptr(&key) {
             // SAFETY: points at a live map value.
-            rec.wait_ns = rec.header.ts_ns.saturating_sub(unsafe { *queued });
+            let queued = unsafe { *queued };
+            if queued.listener == rec.listener.inode {
+                rec.wait_ns = rec.header.ts_ns.saturating_sub(queued.ts);
+            }
             let _ = QUEUED.remove(&key);
         }
     }

@@ -2,7 +2,8 @@
 //! Kept for watched processes and selected ports. A non-blocking TCP connect that returned
 //! EINPROGRESS is parked, and its outcome sent when the socket leaves SYN_SENT
 //! (`sock:inet_sock_set_state`): ECONNREFUSED from a backend that is not listening yet reaches
-//! the caller only through SO_ERROR, never as connect()'s own result.
+//! the caller only through SO_ERROR, never as connect()'s own result. The same tracepoint tells
+//! when a watched TCP listener closes, so that its inode leaves `LISTENERS`.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -14,15 +15,17 @@ use sockact_common::{ConnectRecord, RecordKind, connect_flags};
 
 use crate::{
     filter::{tgid_of, user_addr_port_selected, watched},
-    kernel::{fill_header, fill_user_addr, now_ns, offsets, sock_err, sock_of_fd, sock_state},
-    maps::{CONNECT_SCRATCH, CONNECTING},
+    kernel::{
+        fill_header, fill_user_addr, now_ns, offsets, sock_err, sock_inode, sock_of_fd, sock_state,
+    },
+    maps::{CONNECT_SCRATCH, CONNECTING, LISTENERS},
     probes::{arg, park, reserve, restarted, ret, take},
 };
 
 const EINPROGRESS: i64 = 115;
-const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
+const TCP_LISTEN: i32 = 10;
 
 #[tracepoint]
 pub fn syscalls_sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -94,6 +97,8 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let _ = CONNECTING.insert(&key, &*rec, 0);
     let state = sock_state(sk) as i32;
     if state == TCP_SYN_SENT {
+        // Parked: the outcome comes with the state change (a change already under way may
+        // have missed the entry: its outcome is then lost, a window of a few instructions).
         return Some(());
     }
     // Over loopback the answer is often handled before connect() returns. Still parked means
@@ -145,6 +150,14 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     }
     // SAFETY: the offsets come from this tracepoint's format file.
     let old: i32 = unsafe { ctx.read_at(o.tp_state_old as usize).ok()? };
+    if old == TCP_LISTEN {
+        // A closing listener's queue is watched no longer (nor is its inode, once reused).
+        // SAFETY: as above.
+        let sk: u64 = unsafe { ctx.read_at(o.tp_state_skaddr as usize).ok()? };
+        let inode = sock_inode(sk as *const u8)?;
+        let _ = LISTENERS.remove(&inode);
+        return None;
+    }
     if old != TCP_SYN_SENT {
         return None;
     }
@@ -161,14 +174,14 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-/// The errno a connect ended with when its socket left SYN_SENT for `state` (0: connected);
-/// None when there is nothing to tell: closed by its owner before it connected, or a state
-/// that is no outcome.
+/// The errno a connect ended with when its socket left SYN_SENT for `state` (0: connected,
+/// whatever happened since, e.g. CLOSE_WAIT when the peer already closed); None when there is
+/// nothing to tell: closed by its owner before it connected.
 #[inline(always)]
 fn outcome(state: i32, sk: *const u8) -> Option<i32> {
     match state {
-        TCP_ESTABLISHED => Some(0),
+        TCP_SYN_SENT => None,
         TCP_CLOSE => Some(sock_err(sk)).filter(|&e| e > 0),
-        _ => None,
+        _ => Some(0),
     }
 }

@@ -10,7 +10,7 @@ use sockact_common::{QueueRecord, RecordKind};
 
 use crate::{
     kernel::{fill_bare_header, fill_queue, now_ns, offsets, sock_family, sock_inode, sock_state},
-    maps::{LISTENERS, QUEUED},
+    maps::{LISTENERS, QUEUED, Queued},
     probes::reserve,
 };
 
@@ -49,7 +49,11 @@ fn try_ready(ctx: &TracePointContext) -> Option<()> {
     let child = fill_queue(rec, sk, sock_family(sk));
     entry.submit(0);
     if !child.is_null() {
-        let _ = QUEUED.insert(&(child as u64), &now, 0);
+        let queued = Queued {
+            ts: now,
+            listener: inode,
+        };
+        let _ = QUEUED.insert(&(child as u64), &queued, 0);
     }
     Some(())
 }
