@@ -107,6 +107,15 @@ impl Record {
         }
     }
 
+    /// The name of the process's cgroup as the kernel read it at exec (cgroup v2): its unit,
+    /// when /proc no longer has the process.
+    pub fn cgroup_name(&self) -> Option<String> {
+        match self {
+            Record::Exec(r) => Some(from_cstr(&r.cgroup)).filter(|n| !n.is_empty()),
+            _ => None,
+        }
+    }
+
     /// The effective backlog (sk_max_ack_backlog) of a socket that listen() succeeded on.
     pub fn listen_backlog(&self) -> Option<u32> {
         match self {

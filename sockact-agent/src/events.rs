@@ -298,6 +298,15 @@ pub struct Unit {
     /// Socket units: the service they start (systemd's Triggers).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub triggers: Option<Vec<String>>,
+    /// Why a failed unit failed, as systemd says (`trigger-limit-hit`, `exit-code`, ...).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub result: Option<String>,
+    /// `resolved` socket units: the units they are PartOf= or BindsTo=.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub part_of: Option<Vec<String>>,
+    /// `resolved` Accept=yes socket units: MaxConnections=.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_connections: Option<u32>,
 }
 
 /// What a detector concluded, with the events that prove it (DESIGN.md, "Findings").

@@ -212,6 +212,10 @@ impl KernelBtf {
             tp_state_skaddr: optional(&state, "skaddr"),
             tp_state_old: optional(&state, "oldstate"),
             tp_state_new: optional(&state, "newstate"),
+            task_cgroups: self.offset("task_struct", &["cgroups"])?,
+            css_set_dfl_cgrp: self.offset("css_set", &["dfl_cgrp"])?,
+            cgroup_kn: self.offset("cgroup", &["kn"])?,
+            kernfs_node_name: self.offset("kernfs_node", &["name"])?,
         })
     }
 }

@@ -188,7 +188,13 @@ impl Session {
                 Ok(record) => {
                     drop(item);
                     if let Some(mut event) = record.to_event(&self.clock, &self.host) {
-                        self.attribution.enrich(&mut event, &proc_cgroup);
+                        // A process gone from /proc by now (an Accept=yes instance lives a few
+                        // milliseconds) keeps the cgroup the kernel read at its exec.
+                        let (pid, at_exec) = (record.header().pid, record.cgroup_name());
+                        let lookup = |p: u32| {
+                            proc_cgroup(p).or_else(|| at_exec.clone().filter(|_| p == pid))
+                        };
+                        self.attribution.enrich(&mut event, &lookup);
                         if self.selector.wants(&event, record.header().watch) {
                             let opened = opened_listener(&event, record.listen_backlog());
                             self.publish(event)?;
@@ -346,6 +352,9 @@ impl Session {
             if let Some(v) = c.n_restarts {
                 s.n_restarts = v;
             }
+            if let Some(v) = &c.result {
+                s.result.clone_from(v);
+            }
             if change == "state" && s.active_state == prev_active && s.sub_state == prev_sub {
                 // Other properties changed: not worth a line.
                 return Ok(());
@@ -359,6 +368,9 @@ impl Session {
             let (prev_active, prev_sub) = (s.active_state.clone(), s.sub_state.clone());
             let change = classify(&prev_active, c.active_state.as_deref(), "", "");
             apply_states(&mut s.active_state, &mut s.sub_state, &c);
+            if let Some(v) = &c.result {
+                s.result.clone_from(v);
+            }
             if change == "state" && s.active_state == prev_active && s.sub_state == prev_sub {
                 return Ok(());
             }
@@ -367,6 +379,7 @@ impl Session {
                 change: change.into(),
                 active_state: s.active_state.clone(),
                 sub_state: s.sub_state.clone(),
+                result: failure(&s.active_state, &s.result),
                 ..Default::default()
             }
         } else {
@@ -537,8 +550,14 @@ fn service_event(s: &crate::systemd::ServiceUnit, change: &str) -> Unit {
         main_pid: Some(s.main_pid),
         n_restarts: Some(s.n_restarts),
         invocation_id: (!s.invocation_id.is_empty()).then(|| s.invocation_id.clone()),
+        result: failure(&s.active_state, &s.result),
         ..Default::default()
     }
+}
+
+/// systemd's Result of a unit that failed (None while it has not).
+fn failure(active_state: &str, result: &str) -> Option<String> {
+    (active_state == "failed" && !result.is_empty()).then(|| result.to_owned())
 }
 
 fn socket_resolved(s: &crate::systemd::SocketUnit) -> Unit {
@@ -552,6 +571,9 @@ fn socket_resolved(s: &crate::systemd::SocketUnit) -> Unit {
         backlog: Some(s.backlog),
         fd_names: Some(vec![s.fd_name.clone()]),
         triggers: Some(s.triggers.clone()),
+        result: failure(&s.active_state, &s.result),
+        part_of: (!s.part_of.is_empty()).then(|| s.part_of.clone()),
+        max_connections: s.accept.then_some(s.max_connections),
         ..Default::default()
     }
 }

@@ -7,7 +7,7 @@
 #![no_std]
 
 /// Bumped whenever any record layout changes.
-pub const RECORD_VERSION: u16 = 2;
+pub const RECORD_VERSION: u16 = 3;
 
 /// Names of the maps and globals, shared so that the loader and the programs cannot disagree.
 pub mod names {
@@ -169,6 +169,9 @@ pub const ARGV_MAX: usize = 8;
 pub const ARG_LEN: usize = 64;
 pub const LISTEN_VALUE_LEN: usize = 16;
 pub const FDNAMES_LEN: usize = 256;
+/// Room for the name of a process's cgroup: a unit name, Accept=yes instances' included
+/// (`name@N-[local]:port-[remote]:port.service`).
+pub const CGROUP_NAME_LEN: usize = 128;
 /// How many environment entries the exec probe looks at for LISTEN_*.
 pub const ENVP_MAX: u32 = 128;
 
@@ -199,6 +202,9 @@ pub struct ExecRecord {
     pub listen_pid: [u8; LISTEN_VALUE_LEN],
     pub listen_fds: [u8; LISTEN_VALUE_LEN],
     pub listen_fdnames: [u8; FDNAMES_LEN],
+    /// The last component of the process's cgroup (cgroup v2), read in the kernel at exec: the
+    /// unit of a process too short-lived to be found in /proc afterwards.
+    pub cgroup: [u8; CGROUP_NAME_LEN],
 }
 
 #[repr(C)]
@@ -378,13 +384,18 @@ pub struct KernelOffsets {
     pub tp_state_skaddr: u32,
     pub tp_state_old: u32,
     pub tp_state_new: u32,
+    /// task_struct -> css_set -> default-hierarchy cgroup -> its kernfs node -> its name.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_name: u32,
 }
 
 const _: () = {
     assert!(core::mem::size_of::<RecordHeader>() == 64);
     assert!(core::mem::size_of::<SockAddrRaw>() == 120);
     assert!(core::mem::size_of::<SockInfo>() == 64);
-    assert!(core::mem::size_of::<ExecRecord>() == 1128);
+    assert!(core::mem::size_of::<ExecRecord>() == 1256);
     assert!(core::mem::size_of::<ExitRecord>() == 72);
     assert!(core::mem::size_of::<BindRecord>() == 264);
     assert!(core::mem::size_of::<ListenRecord>() == 264);
@@ -393,7 +404,7 @@ const _: () = {
     assert!(core::mem::size_of::<ShutdownRecord>() == 264);
     assert!(core::mem::size_of::<QueueRecord>() == 88);
     assert!(core::mem::size_of::<FilterConfig>() == 16);
-    assert!(core::mem::size_of::<KernelOffsets>() == 51 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 55 * 4);
 };
 
 #[cfg(feature = "user")]

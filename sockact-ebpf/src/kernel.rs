@@ -6,8 +6,8 @@ use aya_ebpf::helpers::{
     bpf_get_current_comm, bpf_get_current_uid_gid, bpf_probe_read_kernel,
     generated::{
         bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel as raw_read_kernel, bpf_probe_read_user as raw_read_user,
-        bpf_probe_read_user_str as raw_read_user_str,
+        bpf_probe_read_kernel as raw_read_kernel, bpf_probe_read_kernel_str as raw_read_kernel_str,
+        bpf_probe_read_user as raw_read_user, bpf_probe_read_user_str as raw_read_user_str,
     },
 };
 use sockact_common::{
@@ -122,6 +122,38 @@ unsafe fn ns_pid_of(task: *const u8, o: &KernelOffsets) -> Option<u32> {
             return None;
         }
         read(pid, o.pid_numbers + level * o.upid_size + o.upid_nr)
+    }
+}
+
+/// Copies the name of the current task's cgroup (default hierarchy) into `dst`, NUL-terminated;
+/// empty when it cannot be read.
+#[inline(always)]
+pub fn read_cgroup_name<const N: usize>(dst: &mut [u8; N]) {
+    dst[0] = 0;
+    let Some(o) = offsets() else { return };
+    if o.task_cgroups == 0 {
+        return;
+    }
+    // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets; the string copy is bounded
+    // by the destination's constant size.
+    unsafe {
+        let Some(css_set) = read_ptr(current_task(), o.task_cgroups) else {
+            return;
+        };
+        let Some(cgroup) = read_ptr(css_set, o.css_set_dfl_cgrp) else {
+            return;
+        };
+        let Some(kn) = read_ptr(cgroup, o.cgroup_kn) else {
+            return;
+        };
+        let Some(name) = read_ptr(kn, o.kernfs_node_name) else {
+            return;
+        };
+        raw_read_kernel_str(
+            dst.as_mut_ptr() as *mut c_void,
+            N as u32,
+            name as *const c_void,
+        );
     }
 }
 

@@ -141,6 +141,10 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     tp_state_skaddr: 0,
     tp_state_old: 0,
     tp_state_new: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_name: 0,
 });
 
 /// Adds one to a per-CPU counter.

@@ -333,6 +333,7 @@ fn a_service_binding_its_own_port_is_a_double_bind() {
     let _client = waiting(c.port(3));
     let finding = both_find(&mut t, "double_bind", "broken.service", WAIT);
     assert_eq!(ask(c.port(1)), "echo");
+    let lost = both_find(&mut t, "listener_lost", "broken.service", WAIT);
     std::thread::sleep(SETTLE);
     let (one, all) = (t.0.stop(), t.1.stop());
     record("double_bind_in_use", &one);
@@ -352,8 +353,13 @@ fn a_service_binding_its_own_port_is_a_double_bind() {
             .any(|e| e["kind"] == "exec" && e["listen_fds"] == 1)
     );
     // systemd starts it again and again while the connection waits: one finding for the
-    // episode, and the exits that follow are its symptom, not an activation_failed.
-    let want = expect(&[("double_bind", "broken.service")]);
+    // episode, and the exits that follow are its symptom, not an activation_failed nor a
+    // crash_loop. Until systemd gives up and closes the port: that needs its own remedy.
+    assert_eq!(lost["cause"], "service-start-limit-hit", "{lost}");
+    let want = expect(&[
+        ("double_bind", "broken.service"),
+        ("listener_lost", "broken.service"),
+    ]);
     assert_eq!(problems(&one), want, "--unit");
     assert_eq!(
         problems(&all),
@@ -575,15 +581,22 @@ fn wrappers_that_fork_the_server_are_listen_pid_mismatches_and_workers_are_not()
             "{f}"
         );
     }
+    // Both wrapped servers die at once, again and again, until systemd gives up on their
+    // sockets: the ports are lost too.
     assert_eq!(
         problems(&one),
-        expect(&[("listen_pid_mismatch", "shwrap.service")])
+        expect(&[
+            ("listen_pid_mismatch", "shwrap.service"),
+            ("listener_lost", "shwrap.service"),
+        ])
     );
     assert_eq!(
         problems(&all),
         expect(&[
             ("listen_pid_mismatch", "launcher.service"),
             ("listen_pid_mismatch", "shwrap.service"),
+            ("listener_lost", "launcher.service"),
+            ("listener_lost", "shwrap.service"),
         ]),
         "workers that inherit the fds from the parent that took them are fine"
     );
@@ -621,7 +634,17 @@ fn a_service_that_exits_at_start_while_a_client_waits_failed_its_activation() {
     for kind in ["queue", "exec", "exit"] {
         assert!(evidence.iter().any(|e| e["kind"] == kind), "no {kind}: {f}");
     }
-    let want = expect(&[("activation_failed", "crasher.service")]);
+    // systemd restarts it for the waiting connection until its start limit, then fails the
+    // socket: a lost listener, not also a crash loop (activation_failed names the cause).
+    let lost = one
+        .iter()
+        .find(|v| v["rule"] == "listener_lost")
+        .unwrap_or_else(|| panic!("no listener_lost: {one:?}"));
+    assert_eq!(lost["cause"], "service-start-limit-hit", "{lost}");
+    let want = expect(&[
+        ("activation_failed", "crasher.service"),
+        ("listener_lost", "crasher.service"),
+    ]);
     assert_eq!(problems(&one), want, "--unit");
     assert_eq!(problems(&all), want, "no selector");
     assert_eq!(
@@ -779,6 +802,20 @@ fn a_slow_start_is_a_cold_start_timed_from_the_first_queued_connection() {
     assert_eq!(row["backlog"], 4, "{row}");
 }
 
+/// Pins the calling thread to CPU 0. Loopback handshakes are processed on the sending CPU:
+/// clients on one CPU complete each handshake before the next begins, so a connection is
+/// refused at its SYN when the accept queue is full, never at its last ACK after another
+/// handshake filled the queue meanwhile (the kernel counts such an ACK twice in the
+/// listener's drop counter, once in TcpExtListenOverflows).
+fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// Clients that connect and read an answer in a loop until told to stop; returns how many
 /// were served.
 fn client_load(port: u16, clients: usize, stop: &Arc<AtomicBool>) -> Vec<thread::JoinHandle<u32>> {
@@ -786,6 +823,7 @@ fn client_load(port: u16, clients: usize, stop: &Arc<AtomicBool>) -> Vec<thread:
         .map(|_| {
             let stop = stop.clone();
             thread::spawn(move || {
+                pin_to_one_cpu();
                 let mut served = 0;
                 while !stop.load(Ordering::Relaxed) {
                     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -1024,4 +1062,204 @@ fn a_restart_nobody_waited_through_and_a_late_client_are_no_gap_and_no_cold_star
         assert!(timed.is_empty(), "nobody waited for a start: {timed:?}");
         assert_eq!(problems(lines), expect(&[]));
     }
+}
+
+#[test]
+fn restart_always_services_that_die_at_start_or_exit_when_idle_are_crash_loops() {
+    let c = Container::boot("crash-loop", 2);
+    let mut t = traces(&c, "dying");
+    // Started without a client: nothing waits, systemd's Restart= alone brings them back.
+    c.systemctl_ok(&["start", "dying.service", "idler.service"]);
+    let dying = both_find(&mut t, "crash_loop", "dying.service", WAIT);
+    let idler = t.1.wait_for(Duration::from_secs(20), |v| {
+        v["rule"] == "crash_loop" && v["unit"] == "idler.service"
+    });
+    c.systemctl_ok(&["stop", "dying.service", "idler.service"]);
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("crash_loop", &all);
+    assert_eq!(dying["severity"], "error");
+    assert!(dying["restarts"].as_u64().unwrap() >= 5, "{dying}");
+    assert_eq!(dying["window_s"], 60);
+    assert_eq!(dying["clean_exits"], 0, "{dying}");
+    assert_eq!(dying["socket_unit"], "dying.socket");
+    let exits = dying["evidence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "exit" && e["exit_code"] == 1)
+        .count();
+    assert!(exits >= 5, "{dying}");
+    let clean = idler["clean_exits"].as_u64().unwrap();
+    assert!(clean >= 5, "exits 0 restarted with no connection: {idler}");
+    assert!(
+        idler["message"].as_str().unwrap().contains("idle exit"),
+        "{idler}"
+    );
+    assert_eq!(problems(&one), expect(&[("crash_loop", "dying.service")]));
+    assert_eq!(
+        problems(&all),
+        expect(&[
+            ("crash_loop", "dying.service"),
+            ("crash_loop", "idler.service"),
+        ])
+    );
+    let once = |lines: &[Value], unit: &str| {
+        lines
+            .iter()
+            .filter(|v| v["rule"] == "crash_loop" && v["unit"] == unit)
+            .count()
+    };
+    assert_eq!(once(&one, "dying.service"), 1, "one finding per episode");
+    assert_eq!(once(&all, "idler.service"), 1, "one finding per episode");
+}
+
+/// Connects `count` times, one connection every `every`, each in its own thread reading the
+/// answer; returns how many were answered.
+fn paced_clients(port: u16, count: usize, every: Duration) -> usize {
+    let clients: Vec<_> = (0..count)
+        .map(|_| {
+            let client = thread::spawn(move || {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+                let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_secs(10)) else {
+                    return false;
+                };
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut line = String::new();
+                BufReader::new(s).read_line(&mut line).is_ok() && line.trim() == "storm"
+            });
+            thread::sleep(every);
+            client
+        })
+        .collect();
+    clients
+        .into_iter()
+        .map(|c| c.join().unwrap())
+        .filter(|&ok| ok)
+        .count()
+}
+
+#[test]
+fn an_accept_yes_socket_under_80_connections_a_second_storms_and_still_listens() {
+    let c = Container::boot("accept-storm", 1);
+    let mut t = traces(&c, "storm.socket");
+    let served = paced_clients(c.port(1), 160, Duration::from_micros(12_500));
+    assert!(served >= 150, "{served} of 160 answered");
+    let f = both_find(&mut t, "accept_yes_storm", "storm@.service", WAIT);
+    // Below systemd's trigger limit (200 in 2 s): the socket still listens.
+    assert_eq!(ask(c.port(1)), "storm");
+    thread::sleep(SETTLE);
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("accept_yes_storm", &one);
+    assert_eq!(f["severity"], "warning");
+    assert_eq!(f["socket_unit"], "storm.socket");
+    let rate = f["rate_per_s"].as_u64().unwrap();
+    assert!((51..=120).contains(&rate), "about 80 a second: {f}");
+    assert!(f["instances"].as_u64().unwrap() >= 100, "{f}");
+    let window = f["window_s"].as_f64().unwrap();
+    assert!((1.0..=4.0).contains(&window), "about two seconds: {f}");
+    let want = expect(&[("accept_yes_storm", "storm@.service")]);
+    assert_eq!(problems(&one), want, "--unit");
+    assert_eq!(problems(&all), want, "no selector");
+}
+
+/// 260 connections at once, held open: past systemd's trigger limit for Accept=yes.
+const BURST: &str = r#"
+import socket, sys, time
+port = int(sys.argv[1])
+held = []
+for _ in range(260):
+    c = socket.socket()
+    c.setblocking(False)
+    try:
+        c.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    held.append(c)
+time.sleep(3)
+"#;
+
+#[test]
+fn a_burst_past_the_trigger_limit_loses_the_listener() {
+    let c = Container::boot("accept-storm", 1);
+    let mut t = traces(&c, "storm.socket");
+    let burst = python(BURST, &[&c.port(1).to_string()]);
+    let lost = both_find(
+        &mut t,
+        "listener_lost",
+        "storm@.service",
+        Duration::from_secs(20),
+    );
+    let _ = sockact_tests::wait_ok(burst, "the burst");
+    // Refused from now on: nothing listens.
+    let refused = TcpStream::connect(("127.0.0.1", c.port(1)));
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{refused:?}"
+    );
+    thread::sleep(SETTLE);
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("listener_lost_trigger_limit", &one);
+    assert_eq!(lost["cause"], "trigger-limit-hit", "{lost}");
+    assert_eq!(lost["socket_unit"], "storm.socket");
+    assert_eq!(lost["listener"], format!("127.0.0.1:{}", c.port(1)));
+    let evidence = lost["evidence"].as_array().unwrap();
+    assert!(
+        evidence.iter().any(|e| e["kind"] == "unit"
+            && e["unit"] == "storm.socket"
+            && e["result"] == "trigger-limit-hit"),
+        "{lost}"
+    );
+    let want = expect(&[
+        ("accept_yes_storm", "storm@.service"),
+        ("listener_lost", "storm@.service"),
+    ]);
+    assert_eq!(problems(&one), want, "--unit");
+    assert_eq!(problems(&all), want, "no selector");
+}
+
+#[test]
+fn a_socket_part_of_its_service_and_a_shut_down_listener_are_lost_listeners() {
+    let c = Container::boot("listener-lost", 2);
+    let mut t = traces(&c, "bound");
+    assert_eq!(ask(c.port(1)), "bound.socket");
+    c.systemctl_ok(&["stop", "bound.service"]);
+    let partof = both_find(&mut t, "listener_lost", "bound.service", WAIT);
+    let refused = TcpStream::connect(("127.0.0.1", c.port(1)));
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "a client is refused after the stop: {refused:?}"
+    );
+    // The connection activates shut.service, which shuts its listener down.
+    let _client = waiting(c.port(2));
+    let shut = t.1.wait_for(WAIT, |v| {
+        v["rule"] == "listener_lost" && v["unit"] == "shut.service"
+    });
+    thread::sleep(SETTLE);
+    let (one, all) = (t.0.stop(), t.1.stop());
+    record("listener_lost", &all);
+    assert_eq!(partof["cause"], "stopped-with-service", "{partof}");
+    assert_eq!(partof["socket_unit"], "bound.socket");
+    assert_eq!(partof["severity"], "error");
+    assert_eq!(shut["cause"], "shutdown", "{shut}");
+    assert_eq!(shut["listener"], format!("127.0.0.1:{}", c.port(2)));
+    let evidence = shut["evidence"].as_array().unwrap();
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["kind"] == "shutdown" && e["how"] == "SHUT_RDWR"),
+        "{shut}"
+    );
+    assert_eq!(
+        problems(&one),
+        expect(&[("listener_lost", "bound.service")]),
+        "--unit"
+    );
+    assert_eq!(
+        problems(&all),
+        expect(&[
+            ("listener_lost", "bound.service"),
+            ("listener_lost", "shut.service"),
+        ]),
+        "no selector"
+    );
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::thresholds::Thresholds;
 use crate::{
     clock::parse_rfc3339,
-    events::{Data, Event, NumberOrString, Process, Unit},
+    events::{Data, Event, Finding, NumberOrString, Process, Unit},
 };
 
 /// A new main process that starts this soon after the previous one ended is that service's
@@ -81,6 +81,8 @@ pub struct Context {
     main_pids: HashMap<String, Vec<u32>>,
     /// Service -> the exit of its latest main process.
     last_main_exit: HashMap<String, Event>,
+    /// Unit -> the rule and time of the latest error found about it.
+    errors: HashMap<String, (String, i128)>,
 }
 
 /// An event's time, Unix nanoseconds (0 when unreadable).
@@ -309,13 +311,16 @@ impl Context {
             self.waiting
                 .retain(|_, w| w.socket_unit.as_deref() != Some(u.unit.as_str()));
         }
-        // A change carries the states; `resolved` and `triggers` are kept from the first.
+        // A change carries the states; what `resolved` said of the unit is kept from it.
         let mut latest = e.clone();
         if let (Some(Data::Unit(prev)), Data::Unit(now)) =
             (self.units.get(&u.unit).map(|p| &p.data), &mut latest.data)
-            && now.triggers.is_none()
         {
-            now.triggers.clone_from(&prev.triggers);
+            keep(&mut now.triggers, &prev.triggers);
+            keep(&mut now.listen, &prev.listen);
+            keep(&mut now.accept, &prev.accept);
+            keep(&mut now.part_of, &prev.part_of);
+            keep(&mut now.max_connections, &prev.max_connections);
         }
         self.units.insert(u.unit.clone(), latest);
     }
@@ -349,6 +354,24 @@ impl Context {
         (0..=RESTART_WINDOW_NS).contains(&gap).then_some(exit)
     }
 
+    /// Takes note of what the rules found: a later rule can tell a symptom from its cause.
+    pub fn note(&mut self, findings: &[Finding]) {
+        for f in findings.iter().filter(|f| f.severity == "error") {
+            if let Some(unit) = &f.unit {
+                self.errors.insert(unit.clone(), (f.rule.clone(), self.now));
+            }
+        }
+    }
+
+    /// The rule of an error found about `unit` at or after `since`, other than `rule`: the
+    /// cause already reported.
+    pub fn reported_cause(&self, unit: &str, since: i128, rule: &str) -> Option<&str> {
+        self.errors
+            .get(unit)
+            .filter(|(r, t)| r != rule && *t >= since)
+            .map(|(r, _)| r.as_str())
+    }
+
     /// The exec of a live process.
     pub fn exec_of(&self, pid: u32) -> Option<&Event> {
         self.execs.get(&pid)
@@ -375,13 +398,22 @@ impl Context {
         self.listeners.get(addr)
     }
 
-    /// The service a socket unit starts: what systemd said, else the socket's own name.
+    /// The service a socket unit starts: what systemd said, else the socket's own name (the
+    /// template, `name@.service`, for an Accept=yes socket).
     pub fn service_of(&self, socket_unit: &str) -> Option<String> {
         if let Some(s) = self.triggers.get(socket_unit) {
             return Some(s.clone());
         }
         let stem = socket_unit.strip_suffix(".socket")?;
-        Some(format!("{stem}.service"))
+        let accept = self
+            .units
+            .get(socket_unit)
+            .is_some_and(|e| matches!(&e.data, Data::Unit(u) if u.accept == Some(true)));
+        Some(if accept {
+            format!("{stem}@.service")
+        } else {
+            format!("{stem}.service")
+        })
     }
 
     /// The socket units known to start `service`.
@@ -479,6 +511,13 @@ impl Context {
     /// When a process of `service` last accepted a connection.
     pub fn last_accept(&self, service: &str) -> Option<i128> {
         self.last_accept.get(service).copied()
+    }
+}
+
+/// Keeps an earlier value where a later event has none.
+fn keep<T: Clone>(now: &mut Option<T>, prev: &Option<T>) {
+    if now.is_none() {
+        now.clone_from(prev);
     }
 }
 

@@ -2,14 +2,17 @@
 //! do no I/O, and report one finding per episode; time comes from the events themselves (and,
 //! live, from a clock tick), so a recorded stream replays to the same findings.
 pub mod accept_before_ready;
+pub mod accept_yes_storm;
 pub mod activation_failed;
 pub mod backlog_overflow;
 pub mod cold_start;
 pub mod context;
+pub mod crash_loop;
 pub mod double_bind;
 pub mod fdnames_duplicate;
 pub mod fds_ignored;
 pub mod listen_pid_mismatch;
+pub mod listener_lost;
 pub mod restart_gap;
 pub mod socket_inactive;
 pub mod thresholds;
@@ -67,6 +70,10 @@ impl Engine {
                 Box::new(cold_start::ColdStart::default()),
                 Box::new(restart_gap::RestartGap::default()),
                 Box::new(backlog_overflow::BacklogOverflow::default()),
+                // After the rules that name a cause: a crash loop they explain is theirs.
+                Box::new(crash_loop::CrashLoop::default()),
+                Box::new(accept_yes_storm::AcceptYesStorm::default()),
+                Box::new(listener_lost::ListenerLost::default()),
             ],
         }
     }
@@ -75,16 +82,25 @@ impl Engine {
         let mut out = Vec::new();
         self.ctx.learn(event);
         for rule in &mut self.rules {
+            let before = out.len();
             rule.observe(&self.ctx, event, &mut out);
+            self.ctx.note(&out[before..]);
         }
         self.ctx.forget(event);
         if self.ctx.now - self.ticked >= TICK_NS {
             self.ticked = self.ctx.now;
-            for rule in &mut self.rules {
-                rule.tick(&self.ctx, &mut out);
-            }
+            self.tick_rules(&mut out);
         }
         out
+    }
+
+    /// Every rule decides what is due, each seeing what the ones before found.
+    fn tick_rules(&mut self, out: &mut Vec<Finding>) {
+        for rule in &mut self.rules {
+            let before = out.len();
+            rule.tick(&self.ctx, out);
+            self.ctx.note(&out[before..]);
+        }
     }
 
     /// Decides what is due at `now_ns` (Unix nanoseconds) with no new event.
@@ -92,9 +108,7 @@ impl Engine {
         let mut out = Vec::new();
         self.ctx.now = self.ctx.now.max(now_ns);
         self.ticked = self.ctx.now;
-        for rule in &mut self.rules {
-            rule.tick(&self.ctx, &mut out);
-        }
+        self.tick_rules(&mut out);
         out
     }
 
@@ -104,7 +118,9 @@ impl Engine {
         let mut out = Vec::new();
         self.ticked = self.ctx.now;
         for rule in &mut self.rules {
+            let before = out.len();
             rule.flush(&self.ctx, &mut out);
+            self.ctx.note(&out[before..]);
         }
         out
     }
@@ -201,7 +217,12 @@ pub mod testing {
             (
                 "double_bind_in_use",
                 include_str!("../../../tests/fixtures/double_bind_in_use.ndjson"),
-                &[("double_bind", "broken.service")],
+                // Then systemd gives up after the start limit and closes the port; the deaths
+                // are the double bind's, no crash_loop of their own.
+                &[
+                    ("double_bind", "broken.service"),
+                    ("listener_lost", "broken.service"),
+                ],
             ),
             (
                 "double_bind_reuseport_unix",
@@ -235,12 +256,17 @@ pub mod testing {
                     ("cold_start", "workers.service"),
                     ("listen_pid_mismatch", "launcher.service"),
                     ("listen_pid_mismatch", "shwrap.service"),
+                    ("listener_lost", "launcher.service"),
+                    ("listener_lost", "shwrap.service"),
                 ],
             ),
             (
                 "activation_failed",
                 include_str!("../../../tests/fixtures/activation_failed.ndjson"),
-                &[("activation_failed", "crasher.service")],
+                &[
+                    ("activation_failed", "crasher.service"),
+                    ("listener_lost", "crasher.service"),
+                ],
             ),
             (
                 "socket_inactive",
@@ -255,6 +281,36 @@ pub mod testing {
                     ("accept_before_ready", "proxy.service"),
                     ("cold_start", "guarded.service"),
                     ("cold_start", "proxy.service"),
+                ],
+            ),
+            (
+                "crash_loop",
+                include_str!("../../../tests/fixtures/crash_loop.ndjson"),
+                &[
+                    ("crash_loop", "dying.service"),
+                    ("crash_loop", "idler.service"),
+                ],
+            ),
+            (
+                "accept_yes_storm",
+                include_str!("../../../tests/fixtures/accept_yes_storm.ndjson"),
+                &[("accept_yes_storm", "storm@.service")],
+            ),
+            (
+                "listener_lost",
+                include_str!("../../../tests/fixtures/listener_lost.ndjson"),
+                &[
+                    ("cold_start", "bound.service"),
+                    ("listener_lost", "bound.service"),
+                    ("listener_lost", "shut.service"),
+                ],
+            ),
+            (
+                "listener_lost_trigger_limit",
+                include_str!("../../../tests/fixtures/listener_lost_trigger_limit.ndjson"),
+                &[
+                    ("accept_yes_storm", "storm@.service"),
+                    ("listener_lost", "storm@.service"),
                 ],
             ),
             (
@@ -286,6 +342,15 @@ pub mod testing {
         findings
             .iter()
             .filter(|f| f.severity != "info")
+            .cloned()
+            .collect()
+    }
+
+    /// The findings of one rule.
+    pub fn of_rule(findings: &[Finding], rule: &str) -> Vec<Finding> {
+        findings
+            .iter()
+            .filter(|f| f.rule == rule)
             .cloned()
             .collect()
     }

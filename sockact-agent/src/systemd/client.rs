@@ -47,6 +47,8 @@ pub struct UnitChange {
     pub invocation_id: Option<String>,
     pub main_pid: Option<u32>,
     pub n_restarts: Option<u32>,
+    /// Socket or Service `Result`.
+    pub result: Option<String>,
 }
 
 pub struct Systemd {
@@ -194,6 +196,13 @@ impl Systemd {
             // ConditionResult=no too, with no timestamp.
             condition_failed: !take::<bool>(&mut unit, "ConditionResult").unwrap_or(true)
                 && take::<u64>(&mut unit, "ConditionTimestampMonotonic").unwrap_or(0) != 0,
+            result: take(&mut s, "Result").unwrap_or_default(),
+            part_of: {
+                let mut units: Vec<String> = take(&mut unit, "PartOf").unwrap_or_default();
+                units.extend(take::<Vec<String>>(&mut unit, "BindsTo").unwrap_or_default());
+                units
+            },
+            max_connections: take(&mut s, "MaxConnections").unwrap_or_default(),
         })
     }
 
@@ -220,6 +229,7 @@ impl Systemd {
             },
             active_state,
             triggered_by: take(&mut unit, "TriggeredBy").unwrap_or_default(),
+            result: take(&mut s, "Result").unwrap_or_default(),
         })
     }
 
@@ -304,8 +314,27 @@ impl Systemd {
             .await
             .map_err(call)?;
         let mut stream = futures_util::stream::select(props, manager);
-        while let Some(msg) = stream.next().await {
-            let Ok(msg) = msg else { continue };
+        // The signals are pumped off the connection by a task of their own, which never waits
+        // for a reply: were the loop below to read them while it waits for a reply (re-reading
+        // a unit), a burst of signals (an Accept=yes storm starts hundreds of units a second)
+        // would fill the stream's queue, the connection would stop reading, and the reply
+        // would never come. Accept=yes connection instances are dropped right there.
+        let (pump, mut signals) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(msg) = stream.next().await {
+                let Ok(msg) = msg else { continue };
+                if about_connection_instance(&msg) {
+                    continue;
+                }
+                if pump.send(msg).is_err() {
+                    break;
+                }
+            }
+        });
+        // The last ActiveState of every socket unit: a socket is read again only when it
+        // starts, not at each of its listening/running flips.
+        let mut socket_states: HashMap<String, String> = HashMap::new();
+        while let Some(msg) = signals.recv().await {
             let header = msg.header();
             let member = header
                 .member()
@@ -316,8 +345,12 @@ impl Systemd {
                     Some(change) => {
                         // A socket unit that starts is read again: one that UnitNew announced
                         // before it was loaded has its Listen addresses only now.
+                        let starts = change.active_state.as_ref().is_some_and(|now| {
+                            let before = socket_states.insert(change.unit.clone(), now.clone());
+                            now == "active" && before.as_deref() != Some("active")
+                        });
                         if change.unit.ends_with(".socket")
-                            && change.active_state.is_some()
+                            && starts
                             && let Ok(Some(path)) = self.load(&change.unit).await
                             && let Ok(socket) = self.socket(&change.unit, &path).await
                             && tx.send(Watched::NewSocket(socket)).await.is_err()
@@ -366,6 +399,7 @@ impl Systemd {
                             invocation_id: Some(s.invocation_id),
                             main_pid: Some(s.main_pid),
                             n_restarts: Some(s.n_restarts),
+                            result: Some(s.result),
                         }),
                         Err(_) => continue,
                     }
@@ -388,6 +422,47 @@ pub enum Watched {
     Removed(String),
 }
 
+/// Whether a signal is about an Accept=yes connection instance: its properties, or a job of it.
+fn about_connection_instance(msg: &zbus::Message) -> bool {
+    let header = msg.header();
+    match header.member().map(|m| m.as_str()) {
+        Some("PropertiesChanged") => header
+            .path()
+            .and_then(|p| unit_name_of_path(p.as_str()))
+            .is_some_and(|name| is_connection_instance(&name)),
+        Some("JobRemoved" | "UnitNew" | "UnitRemoved" | "JobNew") => {
+            let name = match header.member().map(|m| m.as_str()) {
+                Some("JobRemoved") => msg
+                    .body()
+                    .deserialize::<(u32, OwnedObjectPath, String, String)>()
+                    .ok()
+                    .map(|b| b.2),
+                Some("JobNew") => msg
+                    .body()
+                    .deserialize::<(u32, OwnedObjectPath, String)>()
+                    .ok()
+                    .map(|b| b.2),
+                _ => msg
+                    .body()
+                    .deserialize::<(String, OwnedObjectPath)>()
+                    .ok()
+                    .map(|b| b.0),
+            };
+            name.is_some_and(|n| is_connection_instance(&n))
+        }
+        _ => false,
+    }
+}
+
+/// Whether a service is an instance systemd made for one connection of an Accept=yes socket:
+/// `name@NUMBER-...service`.
+pub fn is_connection_instance(name: &str) -> bool {
+    name.split_once('@').is_some_and(|(_, rest)| {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && rest.as_bytes().get(digits) == Some(&b'-')
+    })
+}
+
 fn properties_changed(msg: &zbus::Message) -> Option<UnitChange> {
     let signal = zbus::fdo::PropertiesChanged::from_message(msg.clone())?;
     let args = signal.args().ok()?;
@@ -396,7 +471,9 @@ fn properties_changed(msg: &zbus::Message) -> Option<UnitChange> {
         .path()
         .and_then(|p| unit_name_of_path(p.as_str()))?;
     let iface = args.interface_name().as_str();
-    if iface != UNIT && iface != SERVICE {
+    // Socket and Service come first, then Unit: a failure's Result is known when its
+    // ActiveState arrives.
+    if iface != UNIT && iface != SERVICE && iface != SOCKET {
         return None;
     }
     let mut props: Props = args
@@ -411,6 +488,7 @@ fn properties_changed(msg: &zbus::Message) -> Option<UnitChange> {
         invocation_id: take::<Vec<u8>>(&mut props, "InvocationID").map(|b| hex(&b)),
         main_pid: take(&mut props, "MainPID"),
         n_restarts: take(&mut props, "NRestarts"),
+        result: take(&mut props, "Result"),
     };
     let empty = UnitChange {
         unit: change.unit.clone(),
@@ -422,6 +500,15 @@ fn properties_changed(msg: &zbus::Message) -> Option<UnitChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_instances_are_told_from_other_instances() {
+        assert!(is_connection_instance(
+            "storm@12-127.0.0.1:8080-127.0.0.1:51234.service"
+        ));
+        assert!(!is_connection_instance("getty@tty1.service"));
+        assert!(!is_connection_instance("echo.service"));
+    }
 
     #[test]
     fn unit_paths_unescape() {

@@ -25,6 +25,13 @@ pub struct SocketUnit {
     /// Its last start was skipped by a failed Condition*= (e.g. journald's audit socket in a
     /// container): it is not meant to listen.
     pub condition_failed: bool,
+    /// Why it last failed, as systemd says (`trigger-limit-hit`, `service-start-limit-hit`,
+    /// `resources`, ...); `success` otherwise.
+    pub result: String,
+    /// The units it is PartOf= or BindsTo=: stopping one of them closes its listeners.
+    pub part_of: Vec<String>,
+    /// MaxConnections= (Accept=yes: instances at once).
+    pub max_connections: u32,
 }
 
 /// A service unit, as org.freedesktop.systemd1.Service describes it.
@@ -42,6 +49,8 @@ pub struct ServiceUnit {
     pub started_invocation: String,
     /// The socket units that trigger it.
     pub triggered_by: Vec<String>,
+    /// Why it last failed, as systemd says; `success` otherwise.
+    pub result: String,
 }
 
 /// Every socket unit and every service a socket unit triggers.

@@ -17,7 +17,7 @@ use sockact_common::{ARGV_MAX, ENVP_MAX, ExecRecord, RecordKind, counter, exec_f
 
 use crate::{
     filter::{tgid_of, watched},
-    kernel::{fill_header, read_user_str},
+    kernel::{fill_header, read_cgroup_name, read_user_str},
     maps::{EXEC_SCRATCH, PENDING_EXEC, WATCHED, count},
     probes::{arg, reserve, ret},
 };
@@ -210,6 +210,7 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
                     core::mem::size_of::<ExecRecord>(),
                     pid_tgid,
                 );
+                read_cgroup_name(&mut rec.cgroup);
                 entry.submit(0);
             } else {
                 // Counted as submitted when reserved: count it as lost so the books balance.
