@@ -316,14 +316,38 @@ impl Session {
                 let known = self.attribution.catalog.sockets.get(&s.name);
                 s.active_state = known.map(|k| k.active_state.clone()).unwrap_or_default();
                 s.sub_state = known.map(|k| k.sub_state.clone()).unwrap_or_default();
+                // A socket unit seen for the first time, or whose settings changed (a
+                // daemon-reload), is resolved again: the rules read its settings from that.
+                let changed = known.is_none_or(|k| {
+                    (
+                        &k.listen,
+                        k.accept,
+                        &k.part_of,
+                        k.max_connections,
+                        k.backlog,
+                    ) != (
+                        &s.listen,
+                        s.accept,
+                        &s.part_of,
+                        s.max_connections,
+                        s.backlog,
+                    )
+                });
+                let resolved = (changed && !s.condition_failed && !s.listen.is_empty())
+                    .then(|| socket_resolved(&s));
                 self.attribution.catalog.sockets.insert(s.name.clone(), s);
+                if let Some(unit) = resolved {
+                    let e = self.meta(Data::Unit(unit));
+                    if self.selector.wants(&e, 0) {
+                        self.publish(e)?;
+                    }
+                }
                 Ok(())
             }
-            // Services are kept: systemd unloads an inactive one and loads it again later.
-            Watched::Removed(name) => {
-                self.attribution.catalog.sockets.remove(&name);
-                Ok(())
-            }
+            // Units are kept: systemd unloads an inactive service and loads it again later, and
+            // a daemon-reload removes and announces again every unit whose file changed, whose
+            // state must not be forgotten.
+            Watched::Removed(_) => Ok(()),
         }
     }
 

@@ -1218,8 +1218,8 @@ fn a_burst_past_the_trigger_limit_loses_the_listener() {
 }
 
 #[test]
-fn a_socket_part_of_its_service_and_a_shut_down_listener_are_lost_listeners() {
-    let c = Container::boot("listener-lost", 2);
+fn a_socket_part_of_its_service_a_shut_down_listener_and_a_reload_are_lost_listeners() {
+    let c = Container::boot("listener-lost", 4);
     let mut t = traces(&c, "bound");
     assert_eq!(ask(c.port(1)), "bound.socket");
     c.systemctl_ok(&["stop", "bound.service"]);
@@ -1234,9 +1234,32 @@ fn a_socket_part_of_its_service_and_a_shut_down_listener_are_lost_listeners() {
     let shut = t.1.wait_for(WAIT, |v| {
         v["rule"] == "listener_lost" && v["unit"] == "shut.service"
     });
+    // moved.socket's address changes in its file, and systemd is reloaded: it closes the old
+    // listener and keeps the unit active, with nothing listening.
+    let edit = format!(
+        "sed -i s/:{}/:{}/ /etc/systemd/system/moved.socket && systemctl daemon-reload",
+        c.port(3),
+        c.port(4)
+    );
+    let out = c.exec(&["sh", "-c", &edit]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let moved = t.1.wait_for(WAIT, |v| {
+        v["rule"] == "listener_lost" && v["unit"] == "moved.service"
+    });
+    let refused = TcpStream::connect(("127.0.0.1", c.port(3)));
+    assert!(
+        matches!(&refused, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "{refused:?}"
+    );
     thread::sleep(SETTLE);
     let (one, all) = (t.0.stop(), t.1.stop());
     record("listener_lost", &all);
+    assert_eq!(moved["cause"], "closed-while-active", "{moved}");
+    assert_eq!(moved["listener"], format!("127.0.0.1:{}", c.port(3)));
     assert_eq!(partof["cause"], "stopped-with-service", "{partof}");
     assert_eq!(partof["socket_unit"], "bound.socket");
     assert_eq!(partof["severity"], "error");
@@ -1258,6 +1281,7 @@ fn a_socket_part_of_its_service_and_a_shut_down_listener_are_lost_listeners() {
         problems(&all),
         expect(&[
             ("listener_lost", "bound.service"),
+            ("listener_lost", "moved.service"),
             ("listener_lost", "shut.service"),
         ]),
         "no selector"

@@ -7,7 +7,7 @@
 //!
 //! Instances are seen by their exec with LISTEN_FDS (fd 3); those started with
 //! StandardInput=socket get no LISTEN_* and are not watched.
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use serde_json::json;
 
@@ -27,10 +27,15 @@ const SECOND_NS: i128 = 1_000_000_000;
 const QUIET_NS: i128 = 2_000_000_000;
 /// How many instance execs are kept as evidence.
 const KEEP_EXECS: usize = 6;
+/// An instance whose end was never seen (its exit lost) is forgotten after this long.
+const INSTANCE_TTL_NS: i128 = 3_600_000_000_000;
 
 struct Storm {
     first: i128,
     last: i128,
+    /// The last instance that came while the rate was over the threshold (or at the limit):
+    /// the storm is over when that is [`QUIET_NS`] ago, whatever trickles in after.
+    last_hot: i128,
     instances: u64,
     peak_rate: u64,
     /// Instances running at once, at most, and MaxConnections= when that was reached.
@@ -42,11 +47,8 @@ struct Storm {
 pub struct AcceptYesStorm {
     /// Socket unit -> exec times of its instances within the last second.
     recent: HashMap<String, VecDeque<i128>>,
-    /// Socket unit -> its live instances (pids).
-    live: HashMap<String, HashSet<u32>>,
-    /// Instance units already counted (an instance may exec twice: systemd-executor, then
-    /// the program).
-    seen: HashSet<String>,
+    /// Socket unit -> its running instances: instance unit -> (main pid, start).
+    live: HashMap<String, HashMap<String, (u32, i128)>>,
     /// Socket unit -> its storm under way.
     storms: HashMap<String, Storm>,
 }
@@ -62,8 +64,12 @@ impl Rule for AcceptYesStorm {
                     return;
                 };
                 let pid = e.process.as_ref().map_or(0, |p| p.pid);
-                self.live.entry(socket.clone()).or_default().insert(pid);
-                if !self.seen.insert(instance.to_owned()) {
+                // An instance may exec twice (systemd-executor, then the program): one start.
+                let live = self.live.entry(socket.clone()).or_default();
+                if live
+                    .insert(instance.to_owned(), (pid, time_of(e)))
+                    .is_some()
+                {
                     return;
                 }
                 self.instance(ctx, &socket, e);
@@ -72,12 +78,13 @@ impl Rule for AcceptYesStorm {
                 let Some(instance) = unit_of(e).filter(|u| is_instance(u)) else {
                     return;
                 };
+                // The instance ends with its main process (not with the children it runs).
                 if let (Some(socket), Some(p)) = (template_socket_of(instance), &e.process)
                     && let Some(live) = self.live.get_mut(&socket)
+                    && live.get(instance).is_some_and(|(pid, _)| *pid == p.pid)
                 {
-                    live.remove(&p.pid);
+                    live.remove(instance);
                 }
-                self.seen.remove(instance);
             }
             _ => {}
         }
@@ -102,7 +109,7 @@ impl AcceptYesStorm {
         }
         let rate = recent.len() as u64;
         let per_s = ctx.thresholds.get("accept_yes_storm", "per_s");
-        let running = self.live.get(socket).map_or(0, HashSet::len) as u32;
+        let running = self.live.get(socket).map_or(0, HashMap::len) as u32;
         let max = max_connections(ctx, socket);
         let at_limit = max.is_some_and(|m| m > 0 && running >= m);
         if !self.storms.contains_key(socket) {
@@ -116,6 +123,7 @@ impl AcceptYesStorm {
                 Storm {
                     first,
                     last: t,
+                    last_hot: t,
                     instances: rate.saturating_sub(1),
                     peak_rate: 0,
                     limited: None,
@@ -128,6 +136,9 @@ impl AcceptYesStorm {
         };
         storm.instances += 1;
         storm.last = t;
+        if rate > per_s || at_limit {
+            storm.last_hot = t;
+        }
         storm.peak_rate = storm.peak_rate.max(rate);
         if at_limit {
             storm.limited = max;
@@ -144,7 +155,7 @@ impl AcceptYesStorm {
         let over: Vec<String> = self
             .storms
             .iter()
-            .filter(|(_, s)| all || ctx.now - s.last >= QUIET_NS)
+            .filter(|(_, s)| all || ctx.now - s.last_hot >= QUIET_NS)
             .map(|(k, _)| k.clone())
             .collect();
         for socket in over {
@@ -160,7 +171,7 @@ impl AcceptYesStorm {
             );
             match s.limited {
                 Some(max) => message.push_str(&format!(
-                    ", and reached MaxConnections={max}: further connections were dropped."
+                    ", and as many ran at once as MaxConnections={max} allows: systemd refuses further connections meanwhile."
                 )),
                 None => message.push('.'),
             }
@@ -186,10 +197,14 @@ impl AcceptYesStorm {
                 figures: figures(figs),
             });
         }
-        // Rates of sockets that went quiet.
+        // Rates of sockets that went quiet; instances whose end was lost.
         let now = ctx.now;
         self.recent
             .retain(|_, r| r.back().is_some_and(|&t| now - t < SECOND_NS));
+        for live in self.live.values_mut() {
+            live.retain(|_, (_, start)| now - *start < INSTANCE_TTL_NS);
+        }
+        self.live.retain(|_, l| !l.is_empty());
     }
 }
 

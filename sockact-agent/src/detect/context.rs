@@ -81,8 +81,8 @@ pub struct Context {
     main_pids: HashMap<String, Vec<u32>>,
     /// Service -> the exit of its latest main process.
     last_main_exit: HashMap<String, Event>,
-    /// Unit -> the rule and time of the latest error found about it.
-    errors: HashMap<String, (String, i128)>,
+    /// (unit, rule) -> when that rule last found an error about that unit.
+    errors: HashMap<(String, String), i128>,
 }
 
 /// An event's time, Unix nanoseconds (0 when unreadable).
@@ -178,8 +178,16 @@ impl Context {
                 );
             }
             Data::Listener(l) => {
-                self.listeners.remove(&l.addr);
-                self.waiting.remove(&l.addr);
+                // A close seen late (sampled) after the address was listened on again is the
+                // old socket's: the new one stays.
+                let same =
+                    |known: Option<u64>| known.is_none() || l.inode.is_none() || known == l.inode;
+                if self.listeners.get(&l.addr).is_some_and(|k| same(k.inode)) {
+                    self.listeners.remove(&l.addr);
+                }
+                if self.waiting.get(&l.addr).is_some_and(|w| same(w.inode)) {
+                    self.waiting.remove(&l.addr);
+                }
             }
             Data::Listen(l) if is_manager(e) && l.outcome.errno.is_none() => {
                 let socket_unit = e.process.as_ref().and_then(|p| p.socket_unit.clone());
@@ -311,10 +319,12 @@ impl Context {
             self.waiting
                 .retain(|_, w| w.socket_unit.as_deref() != Some(u.unit.as_str()));
         }
-        // A change carries the states; what `resolved` said of the unit is kept from it.
+        // A change carries the states; what `resolved` said of the unit is kept from it (a
+        // new `resolved` replaces it whole).
         let mut latest = e.clone();
         if let (Some(Data::Unit(prev)), Data::Unit(now)) =
             (self.units.get(&u.unit).map(|p| &p.data), &mut latest.data)
+            && now.change != "resolved"
         {
             keep(&mut now.triggers, &prev.triggers);
             keep(&mut now.listen, &prev.listen);
@@ -358,18 +368,16 @@ impl Context {
     pub fn note(&mut self, findings: &[Finding]) {
         for f in findings.iter().filter(|f| f.severity == "error") {
             if let Some(unit) = &f.unit {
-                self.errors.insert(unit.clone(), (f.rule.clone(), self.now));
+                self.errors.insert((unit.clone(), f.rule.clone()), self.now);
             }
         }
     }
 
-    /// The rule of an error found about `unit` at or after `since`, other than `rule`: the
-    /// cause already reported.
-    pub fn reported_cause(&self, unit: &str, since: i128, rule: &str) -> Option<&str> {
+    /// Whether `rule` found an error about `unit` at or after `since`.
+    pub fn reported_by(&self, unit: &str, since: i128, rule: &str) -> bool {
         self.errors
-            .get(unit)
-            .filter(|(r, t)| r != rule && *t >= since)
-            .map(|(r, _)| r.as_str())
+            .get(&(unit.to_owned(), rule.to_owned()))
+            .is_some_and(|&t| t >= since)
     }
 
     /// The exec of a live process.

@@ -1,10 +1,14 @@
-//! `crash_loop` (research/failure-modes.md T2, T3): a service's main process starts and dies
-//! `restarts` times within `window_s`. A death is a failing exit (a code other than 0, a signal
-//! other than a stop's), or a clean exit that systemd restarted with no connection queued in
-//! between: Restart=always fighting a service that exits when idle (the pattern that restarted
-//! one service 380 times in two weeks). Deaths whose cause another rule already reported (a
-//! double_bind, an activation_failed, ...) are that rule's story. One finding an episode; the
-//! episode ends when the service stays up for `window_s`.
+//! `crash_loop` (research/failure-modes.md T2, T3): systemd restarts a service's main process
+//! `restarts` times within `window_s` because of its Restart= setting: the process dies at
+//! start, or exits cleanly when idle and Restart=always starts it again at once with no client
+//! to serve (the pattern that restarted one service 380 times in two weeks). systemd's own count
+//! of automatic restarts (NRestarts) tells a Restart= loop from restarts an operator or a deploy
+//! asked for; the kernel's exits tell each death and its exit code. Without systemd's unit
+//! events, a new main process within a second of the previous one's exit counts instead.
+//!
+//! Deaths whose cause another rule names (a double_bind, a listen_pid_mismatch, an
+//! activation_failed) are that rule's story. One finding an episode; the episode ends when the
+//! service stays up for `window_s`.
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use serde_json::json;
@@ -20,37 +24,31 @@ use crate::events::{Data, Event, Finding};
 const KEEP_EXITS: usize = 8;
 /// How long after reaching the threshold a loop is decided.
 const SETTLE_NS: i128 = 1_000_000_000;
+/// The rules whose findings name why a service dies.
+const CAUSES: &[&str] = &["double_bind", "listen_pid_mismatch", "activation_failed"];
 
+/// One automatic restart, and the exit it followed.
 struct Death {
-    exit: Event,
+    at: i128,
+    exit: Option<Event>,
     clean: bool,
+    explained: bool,
 }
 
 #[derive(Default)]
 pub struct CrashLoop {
-    /// Service -> its deaths within the window, oldest first.
+    /// Service -> its restarts within the window, oldest first.
     deaths: HashMap<String, VecDeque<Death>>,
-    /// Service -> a clean exit, until its restart shows whether traffic started it.
-    clean: HashMap<String, Event>,
-    /// Services with a connection queued since their last main exit.
-    traffic: HashSet<String>,
+    /// Service -> its latest main exit, and whether a cause was known for it then.
+    exits: HashMap<String, (Event, bool)>,
+    /// Service -> systemd's count of its automatic restarts, as last seen.
+    n_restarts: HashMap<String, u32>,
     /// Service -> its latest main exec.
     starts: HashMap<String, Event>,
     /// Services reported in their current episode.
     reported: HashSet<String>,
     /// Service -> when it reached the threshold, until decided.
     pending: HashMap<String, i128>,
-}
-
-/// Whether an exit is a failure: a code other than 0, or a signal that no stop sends.
-fn failing(exit: &Event) -> bool {
-    match &exit.data {
-        Data::Exit(x) => match &x.signal {
-            Some(sig) => !matches!(sig.as_str(), "SIGTERM" | "SIGINT" | "SIGHUP" | "SIGPIPE"),
-            None => x.exit_code.is_some_and(|c| c != 0),
-        },
-        _ => false,
-    }
 }
 
 fn clean(exit: &Event) -> bool {
@@ -64,33 +62,31 @@ impl Rule for CrashLoop {
                 let Some(service) = ctx.main_exit(e) else {
                     return;
                 };
-                self.traffic.remove(&service);
-                self.clean.remove(&service);
-                if failing(e) {
-                    self.died(ctx, &service, e, false);
-                } else if clean(e) {
-                    self.clean.insert(service, e.clone());
-                }
+                // What explained the process is forgotten once it ended: decide it now.
+                let since = time_of(e) - window_ns(ctx);
+                let explained = ctx.explained(&service)
+                    || CAUSES.iter().any(|r| ctx.reported_by(&service, since, r));
+                self.exits.insert(service, (e.clone(), explained));
             }
-            Data::Queue(q) if q.peak.max(q.depth) > 0 => {
-                if let Some((_, service)) = ctx.owner_of(e) {
-                    self.traffic.insert(service);
+            Data::Unit(u) if u.unit.ends_with(".service") && !is_instance(&u.unit) => {
+                let Some(n) = u.n_restarts else { return };
+                let before = self.n_restarts.insert(u.unit.clone(), n);
+                // systemd restarted it by itself: once per count it went up.
+                let restarts = before.map_or(0, |b| n.saturating_sub(b));
+                for _ in 0..restarts {
+                    self.died(ctx, &u.unit, time_of(e));
                 }
             }
             Data::Exec(_) if is_main(e) => {
                 let Some(service) = unit_of(e).filter(|u| !is_instance(u)) else {
                     return;
                 };
-                let service = service.to_owned();
-                // A clean exit restarted at once, with no connection to serve: not traffic's
-                // doing, Restart='s.
-                if let Some(exit) = self.clean.remove(&service)
-                    && ctx.restarted_by(&service, e).is_some()
-                    && !self.traffic.contains(&service)
-                {
-                    self.died(ctx, &service, &exit, true);
+                // No word from systemd on this service: a restart is a new main process
+                // within a second of the previous one's exit.
+                if ctx.unit(service).is_none() && ctx.restarted_by(service, e).is_some() {
+                    self.died(ctx, service, time_of(e));
                 }
-                self.starts.insert(service, e.clone());
+                self.starts.insert(service.to_owned(), e.clone());
             }
             _ => {}
         }
@@ -104,10 +100,7 @@ impl Rule for CrashLoop {
         self.decide_due(ctx, out, false);
         let window = window_ns(ctx);
         for deaths in self.deaths.values_mut() {
-            while deaths
-                .front()
-                .is_some_and(|d| ctx.now - time_of(&d.exit) > window)
-            {
+            while deaths.front().is_some_and(|d| ctx.now - d.at > window) {
                 deaths.pop_front();
             }
         }
@@ -132,28 +125,32 @@ fn window_ns(ctx: &Context) -> i128 {
 }
 
 impl CrashLoop {
-    fn died(&mut self, ctx: &Context, service: &str, exit: &Event, clean: bool) {
+    /// One automatic restart of `service` at `at`, after its latest main exit.
+    fn died(&mut self, ctx: &Context, service: &str, at: i128) {
+        let (exit, explained) = match self.exits.get(service) {
+            Some((e, explained)) => (Some(e.clone()), *explained),
+            None => (None, false),
+        };
         let window = window_ns(ctx);
         let deaths = self.deaths.entry(service.to_owned()).or_default();
         deaths.push_back(Death {
-            exit: exit.clone(),
-            clean,
+            at,
+            clean: exit.as_ref().is_some_and(clean),
+            exit,
+            explained,
         });
-        let now = time_of(exit);
-        while deaths
-            .front()
-            .is_some_and(|d| now - time_of(&d.exit) > window)
-        {
+        while deaths.front().is_some_and(|d| at - d.at > window) {
             deaths.pop_front();
         }
+        let unexplained = deaths.iter().filter(|d| !d.explained).count() as u64;
         let restarts = ctx.thresholds.get("crash_loop", "restarts");
-        if (deaths.len() as u64) >= restarts && !self.reported.contains(service) {
-            self.pending.entry(service.to_owned()).or_insert(now);
+        if unexplained >= restarts && !self.reported.contains(service) {
+            self.pending.entry(service.to_owned()).or_insert(at);
         }
     }
 
     /// Decides the loops that reached the threshold at least [`SETTLE_NS`] ago (every one when
-    /// `all`): long enough for the rule that names their cause to have spoken.
+    /// `all`).
     fn decide_due(&mut self, ctx: &Context, out: &mut Vec<Finding>, all: bool) {
         let due: Vec<String> = self
             .pending
@@ -168,41 +165,41 @@ impl CrashLoop {
     }
 
     fn decide(&mut self, ctx: &Context, service: &str, out: &mut Vec<Finding>) {
-        let window = window_ns(ctx);
-        let Some(deaths) = self.deaths.get(service).filter(|d| !d.is_empty()) else {
+        let Some(all) = self.deaths.get(service) else {
             return;
         };
-        let first = time_of(&deaths[0].exit);
-        let now = time_of(&deaths[deaths.len() - 1].exit);
-        // The deaths have a cause reported within the window (it binds systemd's address, it
-        // exits while connections wait, ...): that finding tells it.
-        if ctx
-            .reported_cause(service, now - window, "crash_loop")
-            .is_some()
-        {
+        let deaths: Vec<&Death> = all.iter().filter(|d| !d.explained).collect();
+        let restarts = ctx.thresholds.get("crash_loop", "restarts");
+        if (deaths.len() as u64) < restarts {
             return;
         }
         self.reported.insert(service.to_owned());
         let n = deaths.len();
         let clean_exits = deaths.iter().filter(|d| d.clean).count();
-        let seconds = (now - first) as f64 / 1e9;
+        let exits: Vec<&Event> = deaths.iter().filter_map(|d| d.exit.as_ref()).collect();
+        // The span of the deaths, by the kernel's exit times where known.
+        let span = match (exits.first(), exits.last()) {
+            (Some(a), Some(b)) => time_of(b) - time_of(a),
+            _ => deaths[n - 1].at - deaths[0].at,
+        };
+        let seconds = span as f64 / 1e9;
         let window_s = ctx.thresholds.get("crash_loop", "window_s");
-        let mut proof: Vec<&Event> = deaths.iter().take(KEEP_EXITS).map(|d| &d.exit).collect();
-        if n > KEEP_EXITS {
-            proof.push(&deaths[n - 1].exit);
-        }
+        // The first exits and the latest (evidence keeps each event once).
+        let mut proof: Vec<&Event> = exits.iter().take(KEEP_EXITS).copied().collect();
+        proof.extend(exits.last());
         proof.extend(self.starts.get(service));
+        proof.extend(ctx.unit(service));
         let (message, hint) = if clean_exits * 2 >= n {
             (
                 format!(
-                    "{service} exited {n} times in {seconds:.1} s, {clean_exits} of them cleanly, and was started again each time with no connection waiting: Restart= is fighting its idle exit."
+                    "{service} was restarted {n} times in {seconds:.1} s by its Restart= setting, {clean_exits} of them after a clean exit with no client waiting: Restart= is fighting its idle exit."
                 ),
                 "A service that exits when idle must not be restarted by systemd: use Restart=on-failure (or Restart=no) and let its socket start it when a client connects.".to_owned(),
             )
         } else {
             (
                 format!(
-                    "{service} died {n} times in {seconds:.1} s and systemd started it again each time."
+                    "{service} died and was restarted by its Restart= setting {n} times in {seconds:.1} s."
                 ),
                 format!(
                     "Read why it dies (journalctl -u {service}) and fix that; after StartLimitBurst= starts within StartLimitIntervalSec= systemd gives up and fails its socket (service-start-limit-hit), and the port refuses until `systemctl reset-failed` and a restart of the socket."
@@ -257,10 +254,19 @@ mod tests {
         assert_eq!(dying.figures["clean_exits"], 0);
         assert!(dying.figures["restarts"].as_u64().unwrap() >= 5);
         assert_eq!(dying.socket_unit.as_deref(), Some("dying.socket"));
+        assert!(
+            dying
+                .evidence
+                .iter()
+                .filter(|e| e["kind"] == "exit" && e["exit_code"] == 1)
+                .count()
+                >= 5,
+            "{dying:?}"
+        );
         let idler = of("idler.service");
         assert_eq!(
             idler.figures["clean_exits"], idler.figures["restarts"],
-            "every exit clean and restarted with no client: {idler:?}"
+            "every exit clean and restarted by Restart=: {idler:?}"
         );
         assert!(idler.hint.contains("Restart=on-failure"), "{idler:?}");
         assert!(
@@ -279,15 +285,15 @@ mod tests {
     }
 
     #[test]
-    fn deaths_another_rule_explains_and_restarts_with_traffic_are_not_crash_loops() {
-        // A service that binds systemd's address and dies, started again and again by the
-        // waiting connection: the double bind is the cause. The same for a service that exits
-        // while connections wait, and for wrapped servers that cannot take their fds.
+    fn restarts_systemd_did_not_make_by_itself_are_no_crash_loop() {
+        // Services that die again and again as the waiting connection starts them again: no
+        // Restart=, and the cause is another rule's (double_bind, activation_failed,
+        // listen_pid_mismatch). A restart under load, an idle restart and clients through a
+        // restart: asked for, not automatic.
         for fixture in [
             include_str!("../../../tests/fixtures/double_bind_in_use.ndjson"),
             include_str!("../../../tests/fixtures/activation_failed.ndjson"),
             include_str!("../../../tests/fixtures/listen_pid_mismatch.ndjson"),
-            // A restart under load, an idle restart, clients through a restart.
             include_str!("../../../tests/fixtures/restart_gap.ndjson"),
             include_str!("../../../tests/fixtures/idle_restart.ndjson"),
             include_str!("../../../tests/fixtures/healthy_echo.ndjson"),

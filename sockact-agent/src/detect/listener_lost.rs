@@ -6,7 +6,10 @@
 //! - systemd failed the socket unit: its Result says why (`trigger-limit-hit` after too many
 //!   activations, `service-start-limit-hit` after the service's crash loop, ...);
 //! - `stopped-with-service`: the socket unit is PartOf=/BindsTo= its service, and stopping the
-//!   service stopped the socket too.
+//!   service stopped the socket too (and it was still down [`TOGETHER_NS`] later: a restart
+//!   of the service restarts such a socket);
+//! - `closed-while-active`: systemd closed the listener and the socket unit still says active
+//!   (a `daemon-reload` after its Listen*= changed: "no open socket file descriptor left").
 //!
 //! A socket unit stopped on its own (`systemctl stop x.socket`) is an operator's choice, not a
 //! finding. One finding until the socket listens again. It is reported even when another rule
@@ -24,17 +27,26 @@ use crate::events::{Data, Event, Finding, Unit};
 
 /// A socket unit and its service stopping this close together were one stop.
 const TOGETHER_NS: i128 = 2_000_000_000;
+/// A listener closed this long ago with no stop, failure or new listener of its socket unit
+/// was closed behind the unit's back.
+const CLOSE_SETTLE_NS: i128 = 3_000_000_000;
 
 #[derive(Default)]
 pub struct ListenerLost {
     /// Socket units reported, until they listen again.
     reported: HashSet<String>,
-    /// Socket unit -> its latest listener close.
+    /// Socket unit -> its latest listener close, until the unit's own news explains it.
     closes: HashMap<String, Event>,
+    /// Listener address -> the inode listening there now: a close of another inode is an old
+    /// socket's, seen late.
+    current: HashMap<String, u64>,
     /// Socket unit -> its stop (inactive, not failed), until its service's stop is seen.
     stopped: HashMap<String, Event>,
     /// Service -> its latest stop.
     service_stops: HashMap<String, Event>,
+    /// Socket unit -> (its service's stop, its own stop): stopped together, reported if it is
+    /// still down [`TOGETHER_NS`] later.
+    together: HashMap<String, (Event, Event)>,
 }
 
 impl Rule for ListenerLost {
@@ -50,6 +62,10 @@ impl Rule for ListenerLost {
                     return;
                 };
                 let Some(l) = ctx.listener(addr) else { return };
+                // Its own listener on the same address (SO_REUSEPORT) is not systemd's.
+                if l.inode.is_some() && s.socket.inode.is_some() && l.inode != s.socket.inode {
+                    return;
+                }
                 let Some(socket) = l.socket_unit.clone() else {
                     return;
                 };
@@ -61,12 +77,19 @@ impl Rule for ListenerLost {
                 self.report(ctx, &socket, "shutdown", Some(addr), &proof, out);
             }
             Data::Listener(l) if l.action == "close" => {
-                if let Some(socket) = &l.socket_unit {
+                let stale = l
+                    .inode
+                    .zip(self.current.get(&l.addr))
+                    .is_some_and(|(closed, now)| closed != *now);
+                if let Some(socket) = l.socket_unit.as_ref().filter(|_| !stale) {
                     self.closes.insert(socket.clone(), e.clone());
                 }
             }
-            Data::Listener(l) if l.action == "open" => {
-                if let Some(socket) = &l.socket_unit {
+            Data::Listener(l) => {
+                if let Some(inode) = l.inode {
+                    self.current.insert(l.addr.clone(), inode);
+                }
+                if let (Some(socket), "open") = (&l.socket_unit, l.action.as_str()) {
                     self.listening(socket);
                 }
             }
@@ -79,19 +102,85 @@ impl Rule for ListenerLost {
                     .find(|(s, _)| part_of(ctx, s).contains(&u.unit))
                     .map(|(s, _)| s.clone());
                 if let Some(socket) = socket {
-                    self.stopped_with(ctx, &socket, e, out);
+                    self.stopped_with(&socket, e);
                 }
             }
             _ => {}
         }
     }
 
-    fn tick(&mut self, ctx: &Context, _out: &mut Vec<Finding>) {
+    fn tick(&mut self, ctx: &Context, out: &mut Vec<Finding>) {
+        self.decide(ctx, out, false);
+    }
+
+    fn flush(&mut self, ctx: &Context, out: &mut Vec<Finding>) {
+        self.decide(ctx, out, true);
+    }
+}
+
+impl ListenerLost {
+    /// Decides the stops and closes whose settling time has passed (every one when `all`: the
+    /// trace ends, what is known now is all there is).
+    fn decide(&mut self, ctx: &Context, out: &mut Vec<Finding>, all: bool) {
         let now = ctx.now;
         self.stopped.retain(|_, e| now - time_of(e) <= TOGETHER_NS);
         self.service_stops
             .retain(|_, e| now - time_of(e) <= TOGETHER_NS);
+        // Stopped with its service, and still down.
+        let settled: Vec<String> = self
+            .together
+            .iter()
+            .filter(|(_, (_, stop))| all || now - time_of(stop) >= TOGETHER_NS)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for socket in settled {
+            let Some((service_stop, stop)) = self.together.remove(&socket) else {
+                continue;
+            };
+            if active(ctx, &socket) {
+                continue;
+            }
+            let close = self.closes.remove(&socket);
+            let mut proof: Vec<&Event> = vec![&service_stop, &stop];
+            proof.extend(close.as_ref());
+            self.report(ctx, &socket, "stopped-with-service", None, &proof, out);
+        }
+        // Closed with no word from systemd, the unit still active.
+        let unexplained: Vec<String> = self
+            .closes
+            .iter()
+            .filter(|(_, c)| all || now - time_of(c) >= CLOSE_SETTLE_NS)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for socket in unexplained {
+            let Some(close) = self.closes.remove(&socket) else {
+                continue;
+            };
+            if !active(ctx, &socket) {
+                continue;
+            }
+            let mut proof: Vec<&Event> = Vec::new();
+            proof.extend(ctx.unit(&socket));
+            proof.push(&close);
+            let addr = match &close.data {
+                Data::Listener(l) => Some(l.addr.clone()),
+                _ => None,
+            };
+            self.report(
+                ctx,
+                &socket,
+                "closed-while-active",
+                addr.as_deref(),
+                &proof,
+                out,
+            );
+        }
     }
+}
+
+/// Whether systemd says a unit is active now.
+fn active(ctx: &Context, unit: &str) -> bool {
+    matches!(ctx.unit(unit).map(|e| &e.data), Some(Data::Unit(u)) if u.active_state == "active")
 }
 
 /// What a socket unit is PartOf= or BindsTo=, as resolved.
@@ -107,6 +196,7 @@ impl ListenerLost {
         self.reported.remove(socket);
         self.closes.remove(socket);
         self.stopped.remove(socket);
+        self.together.remove(socket);
     }
 
     fn socket_changed(&mut self, ctx: &Context, u: &Unit, e: &Event, out: &mut Vec<Finding>) {
@@ -123,6 +213,8 @@ impl ListenerLost {
                 self.report(ctx, &socket, &cause, None, &proof, out);
             }
             "inactive" if u.change == "stopped" => {
+                // Stopped: its listener's close is explained, whatever the stop was.
+                self.closes.remove(&u.unit);
                 self.stopped.insert(u.unit.clone(), e.clone());
                 // Its service may have stopped first.
                 let stop = part_of(ctx, &u.unit)
@@ -131,28 +223,20 @@ impl ListenerLost {
                     .filter(|s| (time_of(s) - time_of(e)).abs() <= TOGETHER_NS)
                     .cloned();
                 if let Some(stop) = stop {
-                    self.stopped_with(ctx, &u.unit.clone(), &stop, out);
+                    self.stopped_with(&u.unit.clone(), &stop);
                 }
             }
             _ => {}
         }
     }
 
-    /// A socket unit stopped with the service it is PartOf=/BindsTo=.
-    fn stopped_with(
-        &mut self,
-        ctx: &Context,
-        socket: &str,
-        service_stop: &Event,
-        out: &mut Vec<Finding>,
-    ) {
-        let Some(stop) = self.stopped.remove(socket) else {
-            return;
-        };
-        let close = self.closes.get(socket).cloned();
-        let mut proof: Vec<&Event> = vec![service_stop, &stop];
-        proof.extend(close.as_ref());
-        self.report(ctx, socket, "stopped-with-service", None, &proof, out);
+    /// A socket unit stopped with the service it is PartOf=/BindsTo=: decided once it has
+    /// stayed down a while.
+    fn stopped_with(&mut self, socket: &str, service_stop: &Event) {
+        if let Some(stop) = self.stopped.remove(socket) {
+            self.together
+                .insert(socket.to_owned(), (service_stop.clone(), stop));
+        }
     }
 
     fn report(
@@ -265,12 +349,14 @@ mod tests {
     #[test]
     fn part_of_its_service_and_shut_down_by_it() {
         // Recorded on the test bed: tests/scenarios/listener-lost, no selector: bound.socket
-        // is PartOf=bound.service, which was stopped; shut.service shut its listener down.
+        // is PartOf=bound.service, which was stopped; shut.service shut its listener down;
+        // moved.socket's address changed in its file and systemd was reloaded.
         let fixture = include_str!("../../../tests/fixtures/listener_lost.ndjson");
         assert_eq!(
             causes(fixture),
             pairs(&[
                 ("bound.socket", "stopped-with-service"),
+                ("moved.socket", "closed-while-active"),
                 ("shut.socket", "shutdown"),
             ])
         );

@@ -192,7 +192,8 @@ pub mod testing {
             (
                 "healthy_echo",
                 include_str!("../../../tests/fixtures/healthy_echo.ndjson"),
-                // Information: the activation and the restart, timed.
+                // Information: the activation and the restart, timed (in this recording a
+                // client waited through the restart; whether one does is a matter of ms).
                 &[
                     ("cold_start", "echo.service"),
                     ("restart_gap", "echo.service"),
@@ -302,6 +303,7 @@ pub mod testing {
                 &[
                     ("cold_start", "bound.service"),
                     ("listener_lost", "bound.service"),
+                    ("listener_lost", "moved.service"),
                     ("listener_lost", "shut.service"),
                 ],
             ),

@@ -277,14 +277,21 @@ mod tests {
     }
 
     #[test]
-    fn a_quick_restart_that_lost_nothing_is_information() {
-        // Recorded on the test bed: tests/scenarios/healthy, clients through a restart.
+    fn a_quick_restart_that_lost_nothing_is_at_most_information() {
+        // Recorded on the test bed: tests/scenarios/healthy, a client every 25 ms through a
+        // restart of about 30 ms: whether one of them waited for the new process depends on
+        // the milliseconds; if one did, it is information, never a warning.
         let findings = replay(include_str!("../../../tests/fixtures/healthy_echo.ndjson"));
-        let found = gaps(&findings);
-        assert_eq!(found.len(), 1, "{findings:?}");
-        assert_eq!(found[0].severity, "info");
-        assert_eq!(found[0].figures["drops"], 0);
-        assert!(found[0].figures["gap_ms"].as_u64().unwrap() < 1000);
+        for f in gaps(&findings) {
+            assert_eq!(f.severity, "info", "{f:?}");
+            assert_eq!(f.figures["drops"], 0);
+            assert!(f.figures["gap_ms"].as_u64().unwrap() < 1000);
+        }
+        // The same restart, under a threshold below its gap: a warning, figures unchanged.
+        let mut t = Thresholds::default();
+        t.apply("restart_gap.warn_ms=0").unwrap();
+        let strict = replay_with(RESTART, t);
+        assert_eq!(gaps(&strict)[0].severity, "warning");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use zbus::{
     zvariant::{OwnedObjectPath, OwnedValue},
 };
 
-use super::{Catalog, ServiceUnit, SocketUnit, p2p};
+use super::{Catalog, ServiceUnit, SocketUnit, is_connection_instance, p2p};
 
 const DEST: &str = "org.freedesktop.systemd1";
 const PATH: &str = "/org/freedesktop/systemd1";
@@ -345,12 +345,12 @@ impl Systemd {
                     Some(change) => {
                         // A socket unit that starts is read again: one that UnitNew announced
                         // before it was loaded has its Listen addresses only now.
-                        let starts = change.active_state.as_ref().is_some_and(|now| {
-                            let before = socket_states.insert(change.unit.clone(), now.clone());
-                            now == "active" && before.as_deref() != Some("active")
-                        });
-                        if change.unit.ends_with(".socket")
-                            && starts
+                        let starts = change.unit.ends_with(".socket")
+                            && change.active_state.as_ref().is_some_and(|now| {
+                                let before = socket_states.insert(change.unit.clone(), now.clone());
+                                now == "active" && before.as_deref() != Some("active")
+                            });
+                        if starts
                             && let Ok(Some(path)) = self.load(&change.unit).await
                             && let Ok(socket) = self.socket(&change.unit, &path).await
                             && tx.send(Watched::NewSocket(socket)).await.is_err()
@@ -375,7 +375,10 @@ impl Systemd {
                     }
                 }
                 "UnitRemoved" => match msg.body().deserialize::<(String, OwnedObjectPath)>() {
-                    Ok((name, _)) => Watched::Removed(name),
+                    Ok((name, _)) => {
+                        socket_states.remove(&name);
+                        Watched::Removed(name)
+                    }
                     Err(_) => continue,
                 },
                 "JobRemoved" => {
@@ -454,15 +457,6 @@ fn about_connection_instance(msg: &zbus::Message) -> bool {
     }
 }
 
-/// Whether a service is an instance systemd made for one connection of an Accept=yes socket:
-/// `name@NUMBER-...service`.
-pub fn is_connection_instance(name: &str) -> bool {
-    name.split_once('@').is_some_and(|(_, rest)| {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        digits > 0 && rest.as_bytes().get(digits) == Some(&b'-')
-    })
-}
-
 fn properties_changed(msg: &zbus::Message) -> Option<UnitChange> {
     let signal = zbus::fdo::PropertiesChanged::from_message(msg.clone())?;
     let args = signal.args().ok()?;
@@ -500,15 +494,6 @@ fn properties_changed(msg: &zbus::Message) -> Option<UnitChange> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn connection_instances_are_told_from_other_instances() {
-        assert!(is_connection_instance(
-            "storm@12-127.0.0.1:8080-127.0.0.1:51234.service"
-        ));
-        assert!(!is_connection_instance("getty@tty1.service"));
-        assert!(!is_connection_instance("echo.service"));
-    }
 
     #[test]
     fn unit_paths_unescape() {

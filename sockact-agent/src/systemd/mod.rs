@@ -83,11 +83,22 @@ impl Catalog {
     }
 }
 
-/// `echo@1-127.0.0.1:80-127.0.0.1:5555.service` -> `echo.socket`.
+/// The Accept=yes socket unit of one of its connection instances:
+/// `echo@1-127.0.0.1:80-127.0.0.1:5555.service` -> `echo.socket`. Other template instances
+/// (`app@blue.service`) are services of their own.
 pub fn template_socket_of(service: &str) -> Option<String> {
     let stem = service.strip_suffix(".service")?;
     let (prefix, _) = stem.split_once('@')?;
-    Some(format!("{prefix}.socket"))
+    is_connection_instance(service).then(|| format!("{prefix}.socket"))
+}
+
+/// Whether a service is an instance systemd made for one connection of an Accept=yes socket:
+/// `name@NUMBER-...service`.
+pub fn is_connection_instance(name: &str) -> bool {
+    name.split_once('@').is_some_and(|(_, rest)| {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        digits > 0 && rest.as_bytes().get(digits) == Some(&b'-')
+    })
 }
 
 /// Whether systemd's Listen address and sockact's address name the same socket. systemd writes
@@ -134,6 +145,8 @@ mod tests {
             Some("echo.socket")
         );
         assert_eq!(template_socket_of("echo.service"), None);
+        assert_eq!(template_socket_of("app@blue.service"), None);
+        assert!(!is_connection_instance("getty@tty1.service"));
     }
 }
 
