@@ -68,6 +68,14 @@ pub enum Command {
         #[arg(value_name = "FILE|-")]
         file: String,
     },
+    /// Check unit files for socket-activation mistakes (no root needed); exit 1 on a warning
+    /// or an error.
+    Lint {
+        /// Unit files, directories of them, or unit names looked up in systemd's search path
+        /// (SYSTEMD_UNIT_PATH when set); none: every socket unit there.
+        #[arg(value_name = "PATH|UNIT")]
+        units: Vec<String>,
+    },
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {

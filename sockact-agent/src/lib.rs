@@ -12,6 +12,7 @@ pub mod ebpf;
 pub mod errno;
 pub mod events;
 pub mod kernel_log;
+pub mod lint;
 pub mod logging;
 pub mod offsets;
 pub mod output;

@@ -117,3 +117,73 @@ fn replay_of_a_missing_file_is_a_usage_error() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("/nonexistent/stream.ndjson"), "{stderr}");
 }
+
+fn lint_dir(dir: &str) -> String {
+    format!("{}/../tests/lint/{dir}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn lint_exits_1_on_a_problem_0_on_a_correct_set_and_takes_format_anywhere() {
+    let good = trace(&["lint", &lint_dir("good")]);
+    assert_eq!(good.status.code(), Some(0), "{good:?}");
+    assert!(good.stdout.is_empty(), "nothing to say about a correct set");
+    // --format is global: before the subcommand, or after it.
+    let bad = lint_dir("bad");
+    for args in [
+        ["--format", "json", "lint", &bad],
+        ["lint", "--format", "json", &bad],
+    ] {
+        let out = trace(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a v1 line"))
+            .collect();
+        assert!(lines.len() >= 10, "{lines:?}");
+        assert!(lines.iter().all(|l| l["kind"] == "finding" && l["v"] == 1));
+        let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=lines.len() as u64).collect::<Vec<_>>());
+    }
+    let text = trace(&[
+        "lint",
+        "--format",
+        "text",
+        &format!("{}/partof.socket", lint_dir("bad")),
+    ]);
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        out.starts_with(&format!(
+            "{}/partof.socket:3: warning partof_on_socket:",
+            lint_dir("bad")
+        )),
+        "{out}"
+    );
+    // Information only: exit 0.
+    let info = trace(&["lint", &format!("{}/rooty.socket", lint_dir("bad"))]);
+    assert_eq!(info.status.code(), Some(0), "{info:?}");
+    assert!(!info.stdout.is_empty());
+}
+
+#[test]
+fn lint_finds_unit_names_in_the_search_path_and_their_install_state() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sockact-trace"))
+        .args(["lint", "--format", "json", "lonely"])
+        .env("SYSTEMD_UNIT_PATH", lint_dir("installed"))
+        .output()
+        .expect("running sockact-trace");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(line["rule"], "socket_not_enabled");
+    assert_eq!(line["socket_unit"], "lonely.socket");
+    // A name that is nowhere: one line, exit 2.
+    let missing = Command::new(env!("CARGO_BIN_EXE_sockact-trace"))
+        .args(["lint", "ghost"])
+        .env("SYSTEMD_UNIT_PATH", lint_dir("installed"))
+        .output()
+        .expect("running sockact-trace");
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("ghost"), "{stderr}");
+}

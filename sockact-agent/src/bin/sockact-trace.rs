@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sockact_agent::{
     cli::{Cli, Command},
-    logging,
+    lint, logging,
     output::Format,
     replay, trace,
 };
@@ -12,6 +12,16 @@ use sockact_agent::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose, cli.kernel_log);
+    if let Some(Command::Lint { units }) = &cli.command {
+        let format = cli.format.unwrap_or_else(Format::default_for_stdout);
+        return match lint::run(units, format) {
+            Ok(problems) => ExitCode::from(u8::from(problems)),
+            Err(e) => {
+                eprintln!("sockact-trace: lint: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(Command::Replay { file }) = &cli.command {
         let format = cli.format.unwrap_or_else(Format::default_for_stdout);
         return match replay::run(file, format, cli.thresholds()) {
