@@ -68,6 +68,23 @@ pub enum Command {
         #[arg(value_name = "FILE|-")]
         file: String,
     },
+    /// Prove socket activation on a live unit: listening, cold activation, warm requests,
+    /// re-activation after a kill, a restart under client load, still listening; exit 1 when a
+    /// check fails. It stops, kills and restarts the unit.
+    Verify {
+        /// The unit: `myapp`, `myapp.socket` or `myapp.service`.
+        #[arg(long, value_name = "NAME")]
+        unit: String,
+        /// Do not ask before stopping anything.
+        #[arg(long)]
+        yes: bool,
+        /// Send an HTTP GET for PATH on every connection and check its status.
+        #[arg(long, value_name = "PATH")]
+        http: Option<String>,
+        /// Clients connecting during the restart.
+        #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        clients: u16,
+    },
     /// Check unit files for socket-activation mistakes (no root needed); exit 1 on a warning
     /// or an error.
     Lint {

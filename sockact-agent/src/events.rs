@@ -59,6 +59,7 @@ pub enum Data {
     Finding(Finding),
     Lost(Lost),
     Agent(Agent),
+    Verify(Verify),
     Summary(Summary),
 }
 
@@ -80,6 +81,7 @@ impl Data {
             Data::Finding(_) => "finding",
             Data::Lost(_) => "lost",
             Data::Agent(_) => "agent",
+            Data::Verify(_) => "verify",
             Data::Summary(_) => "summary",
         }
     }
@@ -354,6 +356,25 @@ pub struct Agent {
     /// On stop: of those, the ones that found the ring buffer full.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lost: Option<u64>,
+}
+
+/// The verdict of `sockact-trace verify` on one unit (DESIGN.md, "sockact-trace verify").
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Verify {
+    pub unit: String,
+    pub checks: Vec<Check>,
+    /// Every check passed.
+    pub ok: bool,
+}
+
+/// One check of the verification matrix.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub figures: serde_json::Map<String, serde_json::Value>,
+    /// What was seen, in plain words.
+    pub message: String,
 }
 
 /// The last line of a trace (DESIGN.md, "summary").

@@ -25,3 +25,4 @@ pub mod system;
 pub mod systemd;
 pub mod text;
 pub mod trace;
+pub mod verify;

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::{
-    events::{Data, Event, NumberOrString, Summary},
+    events::{Data, Event, NumberOrString, Summary, Verify},
     text::for_terminal,
 };
 
@@ -35,8 +35,10 @@ fn result(ret: i64, errno: &Option<String>) -> String {
 
 /// `HH:MM:SS.ffffff kind pid comm details`, without the newline.
 pub fn line(e: &Event, color: bool) -> String {
-    if let Data::Summary(s) = &e.data {
-        return table(s);
+    match &e.data {
+        Data::Summary(s) => return table(s),
+        Data::Verify(v) => return verdict(v),
+        _ => {}
     }
     let time = e.ts.get(11..26).unwrap_or(&e.ts);
     let kind = e.data.kind();
@@ -165,7 +167,7 @@ fn details(d: &Data) -> String {
             x.hint
         ),
         Data::Lost(x) => format!("{} events lost ({})", x.count, x.cause),
-        Data::Summary(_) => String::new(),
+        Data::Summary(_) | Data::Verify(_) => String::new(),
         Data::Agent(x) => {
             let mut s = format!("{} {}", x.action, x.version);
             if let Some(a) = &x.attached {
@@ -182,6 +184,63 @@ fn details(d: &Data) -> String {
             s
         }
     }
+}
+
+/// The verdict of `verify` as a table: one row a check.
+fn verdict(v: &Verify) -> String {
+    let mut rows = vec![[
+        "CHECK".to_owned(),
+        "RESULT".into(),
+        "FIGURES".into(),
+        "WHAT WAS SEEN".into(),
+    ]];
+    for c in &v.checks {
+        let figures: Vec<String> = c
+            .figures
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect();
+        rows.push([
+            c.name.clone(),
+            if c.ok { "ok" } else { "FAILED" }.into(),
+            figures.join(" "),
+            c.message.clone(),
+        ]);
+    }
+    let mut widths = [0usize; 3];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            for_terminal(&r[0]),
+            r[1],
+            for_terminal(&r[2]),
+            for_terminal(&r[3]),
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
+    }
+    let _ = write!(
+        out,
+        "{}: {}",
+        for_terminal(&v.unit),
+        if v.ok {
+            "every check passed"
+        } else {
+            "a check FAILED"
+        }
+    );
+    out
 }
 
 /// The longest of some durations in milliseconds, or `-`.

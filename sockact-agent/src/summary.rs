@@ -160,7 +160,7 @@ impl Tally {
 }
 
 /// p50/p95/p99/max in milliseconds of microsecond samples (nearest rank).
-fn percentiles(us: &[u64]) -> Option<Percentiles> {
+pub fn percentiles(us: &[u64]) -> Option<Percentiles> {
     if us.is_empty() {
         return None;
     }

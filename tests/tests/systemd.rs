@@ -1287,3 +1287,163 @@ fn a_socket_part_of_its_service_a_shut_down_listener_and_a_reload_are_lost_liste
         "no selector"
     );
 }
+
+/// `sockact-trace verify --unit UNIT --yes --format json` against the container's systemd:
+/// the exit code and the one `verify` line.
+fn verify(c: &Container, unit: &str) -> (Option<i32>, Value) {
+    let out = Command::new(trace_bin())
+        .args(["verify", "--unit", unit, "--yes", "--format", "json"])
+        .args(["--systemd-bus", &c.bus_address()])
+        .output()
+        .expect("running sockact-trace verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one verify object: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines[0]["kind"], "verify");
+    (out.status.code(), lines[0].clone())
+}
+
+/// The check of a verdict by name.
+fn check_of<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name}: {v}"))
+}
+
+const CHECKS: [&str; 6] = [
+    "listening",
+    "cold_activation",
+    "warm_requests",
+    "kill_reactivation",
+    "restart_under_load",
+    "still_listening",
+];
+
+#[test]
+fn verify_passes_a_healthy_unit_on_every_check() {
+    let c = Container::boot("healthy", 2);
+    let (code, v) = verify(&c, "echo");
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["unit"], "echo.service");
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, CHECKS);
+    for name in CHECKS {
+        assert_eq!(check_of(&v, name)["ok"], true, "{name}: {v}");
+    }
+    assert_eq!(
+        check_of(&v, "listening")["figures"]["listeners"],
+        2,
+        "both sockets"
+    );
+    let cold = &check_of(&v, "cold_activation")["figures"];
+    assert!(cold["cold_start_ms"].as_f64().is_some(), "{cold}");
+    let warm = &check_of(&v, "warm_requests")["figures"];
+    assert_eq!(warm["unserved"], 0);
+    assert!(warm["accept_wait_p95_ms"].as_f64().is_some(), "{warm}");
+    let restart = &check_of(&v, "restart_under_load")["figures"];
+    assert_eq!(
+        (restart["refused"].as_u64(), restart["reset"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(restart["drops"], 0);
+    assert!(restart["connections"].as_u64().unwrap() > 16, "{restart}");
+    let kill = &check_of(&v, "kill_reactivation")["figures"];
+    assert_ne!(kill["killed_pid"], kill["serving_pid"], "{kill}");
+}
+
+#[test]
+fn verify_fails_a_socket_part_of_its_service_on_still_listening() {
+    let c = Container::boot("listener-lost", 4);
+    let (code, v) = verify(&c, "bound");
+    assert_eq!(code, Some(1), "{v}");
+    assert_eq!(v["ok"], false);
+    assert_eq!(
+        check_of(&v, "listening")["ok"],
+        true,
+        "it listened before: {v}"
+    );
+    let end = check_of(&v, "still_listening");
+    assert_eq!(end["ok"], false, "{v}");
+    assert!(
+        end["message"]
+            .as_str()
+            .unwrap()
+            .contains("bound.socket is inactive"),
+        "{end}"
+    );
+    // Stopping the service for the cold activation closed the port: refused ever since.
+    assert_eq!(check_of(&v, "cold_activation")["ok"], false, "{v}");
+    let refused = check_of(&v, "restart_under_load")["figures"]["refused"].as_u64();
+    assert!(refused > Some(0), "{v}");
+}
+
+#[test]
+fn verify_fails_a_slow_start_behind_a_small_backlog_on_the_restart_with_its_drops() {
+    let c = Container::boot("slow-start", 1);
+    let (code, v) = verify(&c, "lazy");
+    assert_eq!(code, Some(1), "{v}");
+    let restart = check_of(&v, "restart_under_load");
+    assert_eq!(restart["ok"], false, "{v}");
+    let drops = restart["figures"]["drops"].as_u64().unwrap();
+    assert!(drops > 0, "{restart}");
+    assert!(
+        restart["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{drops} dropped at the full accept queue")),
+        "{restart}"
+    );
+    assert_eq!(
+        restart["figures"]["peak_depth"], 5,
+        "one past Backlog=4: {restart}"
+    );
+    assert!(
+        restart["figures"]["restart_gap_ms"].as_u64().unwrap() >= 2000,
+        "{restart}"
+    );
+    // Slow, but it works: every other check passes.
+    for name in CHECKS.iter().filter(|n| **n != "restart_under_load") {
+        assert_eq!(check_of(&v, name)["ok"], true, "{name}: {v}");
+    }
+    let cold = check_of(&v, "cold_activation")["figures"]["cold_start_ms"].as_f64();
+    assert!(cold >= Some(2000.0), "{v}");
+}
+
+#[test]
+fn verify_needs_root_and_a_known_unit_and_says_so_in_one_line() {
+    let c = Container::boot("healthy", 2);
+    let bus = c.bus_address();
+    let out = unprivileged(&["verify", "--unit", "echo", "--yes", "--systemd-bus", &bus]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("needs root"), "{stderr}");
+    let out = Command::new(trace_bin())
+        .args(["verify", "--unit", "ecko", "--yes", "--systemd-bus", &bus])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("no unit ecko"), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing verified, nothing stopped");
+    // The unit was not touched.
+    assert_eq!(ask(c.port(1)), "echo");
+}

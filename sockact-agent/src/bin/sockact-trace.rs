@@ -6,7 +6,7 @@ use sockact_agent::{
     cli::{Cli, Command},
     lint, logging,
     output::Format,
-    replay, trace,
+    replay, trace, verify,
 };
 
 fn main() -> ExitCode {
@@ -42,6 +42,29 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Some(Command::Verify {
+        unit,
+        yes,
+        http,
+        clients,
+    }) = &cli.command
+    {
+        let config = verify::VerifyConfig {
+            unit: unit.clone(),
+            systemd_bus: cli.systemd_bus.clone(),
+            format: cli.format.unwrap_or_else(Format::default_for_stdout),
+            yes: *yes,
+            http: http.clone(),
+            clients: usize::from(*clients),
+        };
+        return match runtime.block_on(verify::run(config)) {
+            Ok(ok) => ExitCode::from(u8::from(!ok)),
+            Err(e) => {
+                eprintln!("sockact-trace: verify: {e}");
+                ExitCode::from(e.exit_code() as u8)
+            }
+        };
+    }
     match runtime.block_on(trace::run(cli.trace_config())) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

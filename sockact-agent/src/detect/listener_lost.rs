@@ -201,8 +201,11 @@ impl ListenerLost {
 
     fn socket_changed(&mut self, ctx: &Context, u: &Unit, e: &Event, out: &mut Vec<Finding>) {
         match u.active_state.as_str() {
-            // Started again (flapping between listening and running is no new start).
-            "active" if u.change != "state" => self.listening(&u.unit),
+            // Started again (flapping between listening and running is no new start, and a
+            // socket unit resolved again after a daemon-reload has not listened again).
+            "active" if matches!(u.change.as_str(), "started" | "restarted") => {
+                self.listening(&u.unit)
+            }
             "failed" => {
                 let cause = u.result.clone().unwrap_or_else(|| "failed".into());
                 let close = self.closes.get(&u.unit).cloned();

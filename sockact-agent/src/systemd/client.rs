@@ -233,6 +233,63 @@ impl Systemd {
         })
     }
 
+    /// Asks systemd to `StartUnit`, `StopUnit` or `RestartUnit` a unit (mode "replace"); the job
+    /// runs on, [`Systemd::wait_state`] waits for its outcome.
+    pub async fn job(&self, method: &'static str, unit: &str) -> Result<(), SystemdError> {
+        self.manager
+            .call::<_, _, OwnedObjectPath>(method, &(unit, "replace"))
+            .await
+            .map(|_| ())
+            .map_err(|source| SystemdError::Call {
+                what: format!("{method} {unit}"),
+                source,
+            })
+    }
+
+    /// Sends a signal to a unit's main process (`KillUnit`, whom "main").
+    pub async fn kill_main(&self, unit: &str, signal: i32) -> Result<(), SystemdError> {
+        self.manager
+            .call::<_, _, ()>("KillUnit", &(unit, "main", signal))
+            .await
+            .map_err(|source| SystemdError::Call {
+                what: format!("KillUnit {unit}"),
+                source,
+            })
+    }
+
+    /// A unit's ActiveState and SubState now.
+    pub async fn state(&self, unit: &str) -> Result<(String, String), SystemdError> {
+        let Some(path) = self.load(unit).await? else {
+            return Ok(("not-found".into(), String::new()));
+        };
+        let mut props = self.props(&path, UNIT).await?;
+        Ok((
+            take(&mut props, "ActiveState").unwrap_or_default(),
+            take(&mut props, "SubState").unwrap_or_default(),
+        ))
+    }
+
+    /// Waits until a unit's ActiveState is one of `states`; returns the state reached, or the
+    /// last one seen when `timeout` passed.
+    pub async fn wait_state(
+        &self,
+        unit: &str,
+        states: &[&str],
+        timeout: std::time::Duration,
+    ) -> Result<(bool, String), SystemdError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let (active, _) = self.state(unit).await?;
+            if states.contains(&active.as_str()) {
+                return Ok((true, active));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok((false, active));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every loaded socket unit and every service one of them triggers.
     pub async fn catalog(&self) -> Result<Catalog, SystemdError> {
         type Row = (
