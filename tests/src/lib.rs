@@ -286,3 +286,29 @@ pub fn listen_overflows() -> u64 {
         })
         .unwrap_or_else(|| panic!("no TcpExtListenOverflows from nstat: {text}"))
 }
+
+/// A Python program: a listener on 127.0.0.1:PORT with BACKLOG, and COUNT non-blocking connects
+/// to it from the same process, EVERY seconds apart (arguments in that order), the clients
+/// held in `clients`; then `then`. A way to fill an accept queue and overflow it.
+pub fn flood(then: &str) -> String {
+    format!(
+        r#"
+import socket, sys, time
+port, backlog, count, every = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket()
+s.bind(("127.0.0.1", port))
+s.listen(backlog)
+clients = []
+for _ in range(count):
+    c = socket.socket()
+    c.setblocking(False)
+    try:
+        c.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    clients.append(c)
+    time.sleep(every)
+{then}
+"#
+    )
+}

@@ -8,8 +8,8 @@ use std::{
 
 use serde_json::Value;
 use sockact_tests::{
-    Trace, connect, free_port, go, of, python, require_root, ss_drops, trace_bin, unprivileged,
-    wait_ok,
+    Trace, connect, flood, free_port, go, of, python, require_root, ss_drops, trace_bin,
+    unprivileged, wait_ok,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -549,25 +549,10 @@ fn kernel_log_goes_to_stderr_never_to_the_stream() {
     assert!(!stderr.contains('\x1b'), "no colour codes into a pipe");
 }
 
-/// A listener with backlog 2 that accepts nothing until told: five non-blocking connects, 30 ms
-/// apart, queue three (the queue is full only past its backlog) and the SYNs of the other two
-/// are dropped (and sent again later by the kernel). Then it accepts three.
-const BACKLOG: &str = r#"
-import socket, sys, time
-port = int(sys.argv[1])
-s = socket.socket()
-s.bind(("127.0.0.1", port))
-s.listen(2)
-clients = []
-for _ in range(5):
-    c = socket.socket()
-    c.setblocking(False)
-    try:
-        c.connect(("127.0.0.1", port))
-    except BlockingIOError:
-        pass
-    clients.append(c)
-    time.sleep(0.03)
+/// After five non-blocking connects, 30 ms apart, to a listener with backlog 2 (three fit, the
+/// queue is full only past its backlog; the SYNs of the other two are dropped and sent again
+/// later by the kernel): says so, then accepts three when told.
+const ACCEPT_THREE_WHEN_TOLD: &str = r#"
 time.sleep(0.4)
 print("queued", flush=True)
 sys.stdin.readline()
@@ -583,7 +568,7 @@ fn a_watched_listeners_queue_its_drops_and_each_accepts_wait() {
     let port = free_port();
     let arg = port.to_string();
     let mut trace = Trace::start(&["--port", &arg]);
-    let mut server = python(BACKLOG, &[&arg]);
+    let mut server = python(&flood(ACCEPT_THREE_WHEN_TOLD), &[&arg, "2", "5", "0.03"]);
     let mut out = BufReader::new(server.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();

@@ -15,8 +15,8 @@ use std::process::Command;
 
 use serde_json::Value;
 use sockact_tests::{
-    Trace, connect, free_port, listen_overflows, of, python, record, ss_drops, testbed::Container,
-    trace_bin, unprivileged,
+    Trace, connect, flood, free_port, listen_overflows, of, python, record, ss_drops,
+    testbed::Container, trace_bin, unprivileged,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -842,27 +842,6 @@ fn client_load(port: u16, clients: usize, stop: &Arc<AtomicBool>) -> Vec<thread:
         .collect()
 }
 
-/// A listener with backlog 1 that never accepts, flooded by 40 connects: it overflows on its
-/// own, unwatched.
-const UNRELATED_OVERFLOW: &str = r#"
-import socket, sys, time
-port = int(sys.argv[1])
-s = socket.socket()
-s.bind(("127.0.0.1", port))
-s.listen(1)
-clients = []
-for _ in range(40):
-    c = socket.socket()
-    c.setblocking(False)
-    try:
-        c.connect(("127.0.0.1", port))
-    except BlockingIOError:
-        pass
-    clients.append(c)
-    time.sleep(0.02)
-time.sleep(3)
-"#;
-
 struct RestartRun {
     gap: Value,
     one: Vec<Value>,
@@ -886,7 +865,14 @@ fn restart_under_load(c: &Container, unrelated: bool) -> RestartRun {
     let clients = client_load(port, 12, &stop);
     thread::sleep(Duration::from_millis(500));
     let other_port = free_port();
-    let other = unrelated.then(|| python(UNRELATED_OVERFLOW, &[&other_port.to_string()]));
+    // A listener with backlog 1 that never accepts, flooded by 40 connects: it overflows on
+    // its own, unwatched.
+    let other = unrelated.then(|| {
+        python(
+            &flood("time.sleep(3)"),
+            &[&other_port.to_string(), "1", "40", "0.02"],
+        )
+    });
     c.systemctl_ok(&["restart", "lazy.service"]);
     let gap = both_find(
         &mut t,

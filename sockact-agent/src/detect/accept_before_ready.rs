@@ -162,22 +162,12 @@ fn report(
 
 #[cfg(test)]
 mod tests {
-    use crate::{
-        detect::{
-            Thresholds,
-            testing::{replay, replay_with},
-        },
-        events::Finding,
+    use crate::detect::{
+        Thresholds,
+        testing::{of_rule, replay, replay_with},
     };
 
     const PROXY: &str = include_str!("../../../tests/fixtures/accept_before_ready.ndjson");
-
-    fn races(findings: &[Finding]) -> Vec<&Finding> {
-        findings
-            .iter()
-            .filter(|f| f.rule == "accept_before_ready")
-            .collect()
-    }
 
     #[test]
     fn a_proxy_without_a_cold_start_guard() {
@@ -185,9 +175,9 @@ mod tests {
         // in front of a backend that listens a second after it starts, retried by its client;
         // and the same with an ExecStartPre= guard, which must not fire.
         let findings = replay(PROXY);
-        let found = races(&findings);
+        let found = of_rule(&findings, "accept_before_ready");
         assert_eq!(found.len(), 1, "{findings:?}");
-        let f = found[0];
+        let f = &found[0];
         assert_eq!(f.unit.as_deref(), Some("proxy.service"));
         assert_eq!(f.socket_unit.as_deref(), Some("proxy.socket"));
         assert_eq!(f.figures["errno"], "ECONNREFUSED");
@@ -212,7 +202,10 @@ mod tests {
         let mut t = Thresholds::default();
         t.apply("accept_before_ready.window_ms=0").unwrap();
         let findings = replay_with(PROXY, t);
-        assert!(races(&findings).is_empty(), "{findings:?}");
+        assert!(
+            of_rule(&findings, "accept_before_ready").is_empty(),
+            "{findings:?}"
+        );
     }
 
     #[test]
@@ -223,7 +216,10 @@ mod tests {
             include_str!("../../../tests/fixtures/restart_gap.ndjson"),
         ] {
             let findings = replay(fixture);
-            assert!(races(&findings).is_empty(), "{findings:?}");
+            assert!(
+                of_rule(&findings, "accept_before_ready").is_empty(),
+                "{findings:?}"
+            );
         }
     }
 }

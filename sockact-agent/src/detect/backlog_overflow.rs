@@ -179,18 +179,14 @@ impl BacklogOverflow {
 #[cfg(test)]
 mod tests {
     use crate::{
-        detect::{Engine, testing::replay},
-        events::{Data, Event, Finding},
+        detect::{
+            Engine,
+            testing::{of_rule, replay},
+        },
+        events::{Data, Event},
     };
 
     const RESTART: &str = include_str!("../../../tests/fixtures/restart_gap.ndjson");
-
-    fn overflows(findings: &[Finding]) -> Vec<&Finding> {
-        findings
-            .iter()
-            .filter(|f| f.rule == "backlog_overflow")
-            .collect()
-    }
 
     fn events(fixture: &str) -> Vec<Event> {
         fixture
@@ -205,7 +201,7 @@ mod tests {
         // Recorded on the test bed: a restart under load with Backlog=4 (tests/scenarios/
         // slow-start), whose drops equalled `ss -tlnm`'s d<N> and nstat's ListenOverflows.
         let findings = replay(RESTART);
-        let found = overflows(&findings);
+        let found = of_rule(&findings, "backlog_overflow");
         assert!(!found.is_empty(), "{findings:?}");
         let reported: u64 = found
             .iter()
@@ -221,7 +217,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(reported, last_total);
-        let f = found[0];
+        let f = &found[0];
         assert_eq!(f.severity, "error");
         assert_eq!(f.unit.as_deref(), Some("lazy.service"));
         assert_eq!(f.figures["backlog"], 4);
@@ -249,9 +245,12 @@ mod tests {
         for e in &stream[..=cut] {
             findings.extend(engine.observe(e));
         }
-        assert!(overflows(&findings).is_empty(), "not before it ends");
+        assert!(
+            of_rule(&findings, "backlog_overflow").is_empty(),
+            "not before it ends"
+        );
         findings.extend(engine.flush());
-        let found = overflows(&findings);
+        let found = of_rule(&findings, "backlog_overflow");
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].figures["drops"], first.count);
     }
@@ -264,7 +263,10 @@ mod tests {
             include_str!("../../../tests/fixtures/fds_ignored.ndjson"),
         ] {
             let findings = replay(fixture);
-            assert!(overflows(&findings).is_empty(), "{findings:?}");
+            assert!(
+                of_rule(&findings, "backlog_overflow").is_empty(),
+                "{findings:?}"
+            );
         }
     }
 }

@@ -182,23 +182,19 @@ impl ColdStart {
 mod tests {
     use crate::detect::{
         Thresholds,
-        testing::{replay, replay_with},
+        testing::{of_rule, replay, replay_with},
     };
 
     const COLD: &str = include_str!("../../../tests/fixtures/cold_start.ndjson");
-
-    fn cold_starts(findings: &[crate::events::Finding]) -> Vec<&crate::events::Finding> {
-        findings.iter().filter(|f| f.rule == "cold_start").collect()
-    }
 
     #[test]
     fn a_two_second_start_is_a_cold_start_warning() {
         // Recorded on the test bed: tests/scenarios/slow-start, `sockact-trace --unit lazy`,
         // one client that activates the service.
         let findings = replay(COLD);
-        let found = cold_starts(&findings);
+        let found = of_rule(&findings, "cold_start");
         assert_eq!(found.len(), 1, "one per activation: {findings:?}");
-        let f = found[0];
+        let f = &found[0];
         assert_eq!(f.severity, "warning");
         assert_eq!(f.unit.as_deref(), Some("lazy.service"));
         assert_eq!(f.socket_unit.as_deref(), Some("lazy.socket"));
@@ -217,12 +213,12 @@ mod tests {
         let mut t = Thresholds::default();
         t.apply("cold_start.warn_ms=5000").unwrap();
         let findings = replay_with(COLD, t);
-        let found = cold_starts(&findings);
+        let found = of_rule(&findings, "cold_start");
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].severity, "info");
         // A fast activation (the healthy control) is information with the default threshold.
         let healthy = replay(include_str!("../../../tests/fixtures/healthy_echo.ndjson"));
-        let f = cold_starts(&healthy);
+        let f = of_rule(&healthy, "cold_start");
         assert_eq!(f.len(), 1, "{healthy:?}");
         assert_eq!(f[0].severity, "info");
         assert!(f[0].figures["duration_ms"].as_u64().unwrap() < 1000);
@@ -232,14 +228,14 @@ mod tests {
     fn a_restart_and_a_start_nobody_waited_for_are_not_cold_starts() {
         // A restart under load: restart_gap's, timed from the exit.
         let restart = replay(include_str!("../../../tests/fixtures/restart_gap.ndjson"));
-        assert!(cold_starts(&restart).is_empty(), "{restart:?}");
+        assert!(of_rule(&restart, "cold_start").is_empty(), "{restart:?}");
         // Activated before the trace started: no activation to time.
         let late = replay(include_str!("../../../tests/fixtures/healthy_all.ndjson"));
-        assert!(cold_starts(&late).is_empty(), "{late:?}");
+        assert!(of_rule(&late, "cold_start").is_empty(), "{late:?}");
         // A service that never accepts on its socket has no first accept.
         let never = replay(include_str!(
             "../../../tests/fixtures/double_bind_in_use.ndjson"
         ));
-        assert!(cold_starts(&never).is_empty(), "{never:?}");
+        assert!(of_rule(&never, "cold_start").is_empty(), "{never:?}");
     }
 }

@@ -229,22 +229,12 @@ fn decide(ctx: &Context, service: &str, g: Gap, out: &mut Vec<Finding>) {
 
 #[cfg(test)]
 mod tests {
-    use crate::{
-        detect::{
-            Thresholds,
-            testing::{replay, replay_with},
-        },
-        events::Finding,
+    use crate::detect::{
+        Thresholds,
+        testing::{of_rule, replay, replay_with},
     };
 
     const RESTART: &str = include_str!("../../../tests/fixtures/restart_gap.ndjson");
-
-    fn gaps(findings: &[Finding]) -> Vec<&Finding> {
-        findings
-            .iter()
-            .filter(|f| f.rule == "restart_gap")
-            .collect()
-    }
 
     #[test]
     fn a_restart_under_load_with_a_full_backlog() {
@@ -252,9 +242,9 @@ mod tests {
         // the first accept), `systemctl restart` under 12 clients, `sockact-trace --unit lazy`
         // started while the old process ran.
         let findings = replay(RESTART);
-        let found = gaps(&findings);
+        let found = of_rule(&findings, "restart_gap");
         assert_eq!(found.len(), 1, "{findings:?}");
-        let f = found[0];
+        let f = &found[0];
         assert_eq!(f.severity, "warning");
         assert!(f.figures["gap_ms"].as_u64().unwrap() >= 2000, "{f:?}");
         assert_eq!(f.figures["backlog"], 4);
@@ -273,7 +263,7 @@ mod tests {
         let mut t = Thresholds::default();
         t.apply("restart_gap.warn_ms=60000").unwrap();
         let findings = replay_with(RESTART, t);
-        assert_eq!(gaps(&findings)[0].severity, "warning");
+        assert_eq!(of_rule(&findings, "restart_gap")[0].severity, "warning");
     }
 
     #[test]
@@ -282,7 +272,7 @@ mod tests {
         // restart of about 30 ms: whether one of them waited for the new process depends on
         // the milliseconds; if one did, it is information, never a warning.
         let findings = replay(include_str!("../../../tests/fixtures/healthy_echo.ndjson"));
-        for f in gaps(&findings) {
+        for f in of_rule(&findings, "restart_gap") {
             assert_eq!(f.severity, "info", "{f:?}");
             assert_eq!(f.figures["drops"], 0);
             assert!(f.figures["gap_ms"].as_u64().unwrap() < 1000);
@@ -291,18 +281,18 @@ mod tests {
         let mut t = Thresholds::default();
         t.apply("restart_gap.warn_ms=0").unwrap();
         let strict = replay_with(RESTART, t);
-        assert_eq!(gaps(&strict)[0].severity, "warning");
+        assert_eq!(of_rule(&strict, "restart_gap")[0].severity, "warning");
     }
 
     #[test]
     fn a_cold_start_is_not_a_restart() {
         let findings = replay(include_str!("../../../tests/fixtures/cold_start.ndjson"));
-        assert!(gaps(&findings).is_empty(), "{findings:?}");
+        assert!(of_rule(&findings, "restart_gap").is_empty(), "{findings:?}");
         let crashing = replay(include_str!(
             "../../../tests/fixtures/activation_failed.ndjson"
         ));
         assert!(
-            gaps(&crashing).is_empty(),
+            of_rule(&crashing, "restart_gap").is_empty(),
             "restarts that never accept have no gap to time: {crashing:?}"
         );
     }
