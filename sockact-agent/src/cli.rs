@@ -95,7 +95,7 @@ pub enum Command {
     },
 }
 
-fn parse_secs(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;
@@ -105,7 +105,7 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn parse_set(s: &str) -> Result<String, String> {
+pub(crate) fn parse_set(s: &str) -> Result<String, String> {
     Thresholds::default()
         .apply(s)
         .map(|()| s.to_owned())
@@ -123,6 +123,8 @@ pub struct TraceConfig {
     pub all: bool,
     pub pids: Vec<u32>,
     pub units: Vec<String>,
+    /// Units never shown (the agent's `exclude_units`).
+    pub exclude_units: Vec<String>,
     pub systemd_bus: Option<String>,
     pub ports: Vec<u16>,
     pub format: Format,
@@ -146,6 +148,7 @@ impl Cli {
             all: self.all,
             pids: self.pids.clone(),
             units: self.units.clone(),
+            exclude_units: Vec::new(),
             systemd_bus: self.systemd_bus.clone(),
             ports: self.ports.clone(),
             format: self.format.unwrap_or_else(Format::default_for_stdout),

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{TracePoint, trace_point::TracePointLink},
 };
 use sockact_common::{FilterConfig, KernelOffsets, counter, names};
 
@@ -80,6 +80,9 @@ pub enum EbpfError {
     },
     #[error("no program could be attached")]
     NothingAttached,
+    /// The caller's `give_up` said so (the reader of the stream went away).
+    #[error("loading was abandoned")]
+    GaveUp,
 }
 
 /// What the loader needs to know.
@@ -95,10 +98,18 @@ pub struct LoadOptions {
 pub struct Loaded {
     /// None once detached.
     ebpf: Option<Ebpf>,
+    /// Owned here so that detaching closes them all at once (see [`Loaded::detach`]).
+    links: Vec<TracePointLink>,
     pub ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
     pub attached: Vec<String>,
     pub failed: Vec<AttachFailure>,
+}
+
+impl Drop for Loaded {
+    fn drop(&mut self) {
+        self.detach();
+    }
 }
 
 /// The kernel's per-CPU counters, summed.
@@ -111,7 +122,9 @@ pub struct Counters {
     pub listeners_full: u64,
 }
 
-pub fn load(opts: &LoadOptions) -> Result<Loaded, EbpfError> {
+/// Loads and attaches every program; `give_up` is asked before each one, so that a stream
+/// whose reader went away does not wait for the verifier.
+pub fn load(opts: &LoadOptions, give_up: &dyn Fn() -> bool) -> Result<Loaded, EbpfError> {
     let mut loader = EbpfLoader::new();
     loader
         .override_global(names::FILTER, &opts.filter, true)
@@ -160,12 +173,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, EbpfError> {
         source,
     })?;
 
-    let (attached, failed) = attach_all(&mut ebpf);
+    let (links, attached, failed) = attach_all(&mut ebpf, give_up)?;
     if attached.is_empty() {
         return Err(EbpfError::NothingAttached);
     }
     Ok(Loaded {
         ebpf: Some(ebpf),
+        links,
         ring,
         counters,
         attached,
@@ -173,14 +187,24 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, EbpfError> {
     })
 }
 
-fn attach_all(ebpf: &mut Ebpf) -> (Vec<String>, Vec<AttachFailure>) {
+type Attached = (Vec<TracePointLink>, Vec<String>, Vec<AttachFailure>);
+
+fn attach_all(ebpf: &mut Ebpf, give_up: &dyn Fn() -> bool) -> Result<Attached, EbpfError> {
+    let mut links = Vec::new();
     let mut attached = Vec::new();
     let mut failed = Vec::new();
     let mut seen = HashSet::new();
     for &(name, category, tracepoint) in PROGRAMS {
+        if give_up() {
+            detach_all(links);
+            return Err(EbpfError::GaveUp);
+        }
         seen.insert(name);
         match attach_one(ebpf, name, category, tracepoint) {
-            Ok(()) => attached.push(name.to_owned()),
+            Ok(link) => {
+                links.push(link);
+                attached.push(name.to_owned());
+            }
             Err(error) => {
                 tracing::warn!("{name} not attached: {error}");
                 failed.push(AttachFailure {
@@ -196,10 +220,25 @@ fn attach_all(ebpf: &mut Ebpf) -> (Vec<String>, Vec<AttachFailure>) {
             "program {name} is missing from PROGRAMS"
         );
     }
-    (attached, failed)
+    Ok((links, attached, failed))
 }
 
-fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, tracepoint: &str) -> Result<(), String> {
+/// Each tracepoint detach waits for an RCU grace period (tens of milliseconds); one after
+/// another they take over a second, from several threads a good part of them overlap.
+fn detach_all(links: Vec<TracePointLink>) {
+    std::thread::scope(|s| {
+        for link in links {
+            s.spawn(move || drop(link));
+        }
+    });
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &str,
+    category: &str,
+    tracepoint: &str,
+) -> Result<TracePointLink, String> {
     let program = ebpf
         .program_mut(name)
         .ok_or_else(|| "not in the eBPF object".to_owned())?;
@@ -209,9 +248,10 @@ fn attach_one(ebpf: &mut Ebpf, name: &str, category: &str, tracepoint: &str) -> 
         tracing::debug!("{name}: {e:#?}");
         error_chain(&e)
     })?;
-    tp.attach(category, tracepoint)
+    let id = tp
+        .attach(category, tracepoint)
         .map_err(|e| error_chain(&e))?;
-    Ok(())
+    tp.take_link(id).map_err(|e| error_chain(&e))
 }
 
 /// An error and its sources on one line (a verifier log is long: the first line of each).
@@ -234,7 +274,46 @@ impl Loaded {
     /// Detaches and unloads every program; the ring buffer and the counters stay readable, so
     /// that what was submitted can be drained to the last record.
     pub fn detach(&mut self) {
+        detach_all(std::mem::take(&mut self.links));
         self.ebpf.take();
+    }
+
+    /// Lets this process end now, without waiting for the detach (most of a second, see
+    /// [`detach_all`]): a child process shares the programs' fds and detaches them as it exits,
+    /// while this one only drops its references. For a reader that went away, whom nothing
+    /// more is owed.
+    pub fn detach_in_background(mut self) {
+        // The child must drop its references last: it waits until this process closes the
+        // pipe, after its own references are gone.
+        let mut pipe = [0i32; 2];
+        // SAFETY: pipe2 writes two fds into the array it is given.
+        if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            self.detach();
+            return;
+        }
+        // SAFETY: the child calls only close, read and _exit, which are async-signal-safe, so
+        // forking a multi-threaded process is sound.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mut byte = 0u8;
+            // SAFETY: see above; `byte` outlives the read.
+            unsafe {
+                libc::close(pipe[1]);
+                libc::read(pipe[0], (&raw mut byte).cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: our own fds, closed once.
+        unsafe { libc::close(pipe[0]) };
+        if pid < 0 {
+            unsafe { libc::close(pipe[1]) };
+            self.detach();
+            return;
+        }
+        drop(std::mem::take(&mut self.links));
+        self.ebpf.take();
+        // SAFETY: as above. The child wakes and detaches while this process goes on.
+        unsafe { libc::close(pipe[1]) };
     }
 
     /// Marks more processes as watched (`--pid` and their existing descendants, the

@@ -3,8 +3,10 @@
 //!
 //! The binaries are thin; everything lives here, one module per job.
 pub mod addr;
+pub mod agent;
 pub mod cli;
 pub mod clock;
+pub mod config;
 pub mod correlate;
 pub mod decode;
 pub mod detect;
@@ -14,12 +16,14 @@ pub mod events;
 pub mod kernel_log;
 pub mod lint;
 pub mod logging;
+pub mod metrics;
 pub mod offsets;
 pub mod output;
 pub mod procfs;
 pub mod render;
 pub mod replay;
 pub mod select;
+pub mod sinks;
 pub mod summary;
 pub mod system;
 pub mod systemd;

@@ -90,6 +90,43 @@ impl<W: Write> Output<W> {
     }
 }
 
+/// Where the lines of a tracing session go: stdout (sockact-trace), or the agent's sinks.
+pub trait Emit: Send {
+    /// Numbers and writes one event. An error ends the session (EPIPE: a normal stop).
+    fn emit(&mut self, event: Event) -> io::Result<()>;
+    /// Writes out what is buffered; called when the stream goes quiet.
+    fn flush(&mut self) -> io::Result<()>;
+    /// Lines written so far (the next one is numbered one more).
+    fn lines_written(&self) -> u64;
+    /// Whether the reader went away (a closed stdout): the session stops.
+    fn closed(&self) -> bool {
+        false
+    }
+    /// What the writer has to report itself, due now (a sink's `lost` count once it works
+    /// again); the session writes it like any event.
+    fn due(&mut self) -> Vec<crate::events::Data> {
+        Vec::new()
+    }
+}
+
+impl Emit for Output<io::Stdout> {
+    fn emit(&mut self, event: Event) -> io::Result<()> {
+        Output::emit(self, event)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Output::flush(self)
+    }
+
+    fn lines_written(&self) -> u64 {
+        Output::lines_written(self)
+    }
+
+    fn closed(&self) -> bool {
+        stdout_closed()
+    }
+}
+
 /// Whether the reader of stdout has gone away (a pipe whose read end is closed), checked
 /// without writing so that a quiet stream notices too.
 pub fn stdout_closed() -> bool {

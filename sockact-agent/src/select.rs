@@ -11,6 +11,8 @@ pub struct Selector {
     /// `--unit`: the services, and the socket units that trigger them.
     services: HashSet<String>,
     sockets: HashSet<String>,
+    /// Units never shown, as named (`noisy`, `noisy.service`, `noisy.socket`).
+    excluded: HashSet<String>,
 }
 
 impl Selector {
@@ -26,6 +28,54 @@ impl Selector {
     pub fn add_unit(&mut self, service: &str, sockets: &[String]) {
         self.services.insert(service.to_owned());
         self.sockets.extend(sockets.iter().cloned());
+    }
+
+    /// Units never to show, whatever else selects them.
+    pub fn exclude(&mut self, units: &[String]) {
+        self.excluded = units.iter().cloned().collect();
+    }
+
+    /// Forgets every `--unit` (before the agent's reload adds the new list).
+    pub fn clear_units(&mut self) {
+        self.services.clear();
+        self.sockets.clear();
+    }
+
+    fn is_excluded(&self, unit: &str) -> bool {
+        if self.excluded.is_empty() {
+            return false;
+        }
+        let stem = |u: &str| {
+            u.strip_suffix(".service")
+                .or_else(|| u.strip_suffix(".socket"))
+                .map(str::to_owned)
+                .unwrap_or_else(|| u.to_owned())
+        };
+        let named = |u: &str| self.excluded.contains(u) || self.excluded.contains(&stem(u));
+        // An Accept=yes instance goes with its socket unit.
+        named(unit) || crate::systemd::template_socket_of(unit).is_some_and(|s| named(&s))
+    }
+
+    /// Whether the event is about an excluded unit.
+    fn excludes(&self, e: &Event) -> bool {
+        if self.excluded.is_empty() {
+            return false;
+        }
+        let about = match &e.data {
+            Data::Unit(u) => Some(u.unit.as_str()),
+            Data::Listener(l) => l.socket_unit.as_deref(),
+            Data::Queue(q) => q.socket_unit.as_deref(),
+            Data::Drop(d) => d.socket_unit.as_deref(),
+            Data::Finding(f) => f.unit.as_deref().or(f.socket_unit.as_deref()),
+            _ => None,
+        };
+        about.is_some_and(|u| self.is_excluded(u))
+            || e.process.as_ref().is_some_and(|p| {
+                p.unit.as_deref().is_some_and(|u| self.is_excluded(u))
+                    || p.socket_unit
+                        .as_deref()
+                        .is_some_and(|u| self.is_excluded(u))
+            })
     }
 
     fn wants_unit(&self, unit: &str) -> bool {
@@ -44,6 +94,9 @@ impl Selector {
     /// Whether to show an event; `watch` is the process's watch bits from the kernel, where
     /// a `--pid` selection follows every descendant.
     pub fn wants(&self, e: &Event, watch: u32) -> bool {
+        if self.excludes(e) {
+            return false;
+        }
         if self.is_empty() {
             return true;
         }
@@ -102,5 +155,71 @@ fn event_port(d: &Data) -> Option<u16> {
         Data::Queue(q) => port_of(&q.listener),
         Data::Drop(d) => port_of(&d.listener),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded() -> Vec<Event> {
+        include_str!("../../tests/fixtures/healthy_all.ndjson")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a v1 event"))
+            .collect()
+    }
+
+    fn units_of(e: &Event) -> Vec<&str> {
+        let mut u = Vec::new();
+        match &e.data {
+            Data::Unit(x) => u.push(x.unit.as_str()),
+            Data::Listener(l) => u.extend(l.socket_unit.as_deref()),
+            Data::Queue(q) => u.extend(q.socket_unit.as_deref()),
+            _ => {}
+        }
+        if let Some(p) = &e.process {
+            u.extend(p.unit.as_deref());
+            u.extend(p.socket_unit.as_deref());
+        }
+        u
+    }
+
+    #[test]
+    fn excluded_units_are_never_shown_the_rest_is() {
+        let events = recorded();
+        let mut s = Selector::default();
+        s.exclude(&["echo".into(), "dbus.socket".into()]);
+        let shown: Vec<&Event> = events.iter().filter(|e| s.wants(e, 0)).collect();
+        let about = |name: &str| shown.iter().any(|e| units_of(e).contains(&name));
+        assert!(!about("echo.service") && !about("echo.socket") && !about("dbus.socket"));
+        // echo-admin.socket is not echo.socket: shown, except what its echo.service did.
+        assert!(
+            about("echo-admin.socket") && about("dbus.service") && about("systemd-journald.socket")
+        );
+        assert!(
+            shown.iter().all(|e| !matches!(e.data, Data::Accept(_))),
+            "every accept was echo.service's"
+        );
+        s.exclude(&[]);
+        assert_eq!(
+            events.iter().filter(|e| s.wants(e, 0)).count(),
+            events.len()
+        );
+    }
+
+    #[test]
+    fn an_excluded_unit_wins_over_a_selected_one() {
+        let events = recorded();
+        let mut s = Selector::default();
+        s.add_unit(
+            "echo.service",
+            &["echo.socket".into(), "echo-admin.socket".into()],
+        );
+        let selected = events.iter().filter(|e| s.wants(e, 0)).count();
+        s.exclude(&["echo-admin.socket".into()]);
+        let fewer = events.iter().filter(|e| s.wants(e, 0)).count();
+        assert!(fewer < selected, "{fewer} < {selected}");
+        s.clear_units();
+        assert!(s.is_empty());
     }
 }

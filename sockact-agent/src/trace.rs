@@ -21,10 +21,11 @@ use crate::{
         snapshot, sock_diag,
     },
     decode,
+    detect::Thresholds,
     ebpf::{self, Counters, LoadOptions, Loaded},
     events::{Agent, Data, Event, Finding, Listener, Lost, SCHEMA_VERSION, Unit},
     offsets::{KernelBtf, OffsetError, VMLINUX_BTF},
-    output::{Output, stdout_closed},
+    output::{Emit, Output},
     procfs,
     select::Selector,
     summary::Tally,
@@ -131,7 +132,7 @@ struct Reported {
 }
 
 struct Session {
-    out: Output<io::Stdout>,
+    out: Box<dyn Emit>,
     clock: Clock,
     host: String,
     selector: Selector,
@@ -261,7 +262,8 @@ impl Session {
             loaded.forget_listener(inode);
         }
         let findings = self.engine.tick(now);
-        self.findings(findings)
+        self.findings(findings)?;
+        self.writer_reports()
     }
 
     fn sample_queues(&mut self, now: i128) -> Result<(), Halt> {
@@ -416,6 +418,50 @@ impl Session {
         Ok(())
     }
 
+    /// Applies new settings while the kernel keeps tracing. A unit that no longer resolves is
+    /// skipped with a warning: a running daemon keeps going.
+    fn reload(&mut self, reload: Reload) -> Result<(), Halt> {
+        self.engine.set_thresholds(reload.thresholds);
+        self.selector.exclude(&reload.exclude_units);
+        self.selector.clear_units();
+        let catalog = &self.attribution.catalog;
+        let mut resolved = Vec::new();
+        for name in &reload.units {
+            match resolve(name, catalog, |_| false) {
+                Ok(r) => {
+                    self.selector.add_unit(&r.service, &r.sockets);
+                    resolved.extend(catalog.services.get(&r.service).map(service_resolved));
+                    resolved.extend(
+                        r.sockets
+                            .iter()
+                            .map(|name| socket_resolved(&catalog.sockets[name])),
+                    );
+                }
+                Err(e) => tracing::warn!("reload: unit {e}; not watched"),
+            }
+        }
+        if self.selector.is_empty() {
+            resolved = every_unit(catalog);
+        }
+        tracing::info!(units = reload.units.len(), "reloaded");
+        for unit in resolved {
+            let e = self.meta(Data::Unit(unit));
+            if self.selector.wants(&e, 0) {
+                self.publish(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the writer reports itself (a sink's losses), written like any event.
+    fn writer_reports(&mut self) -> Result<(), Halt> {
+        for data in self.out.due() {
+            let e = self.meta(data);
+            self.emit(e)?;
+        }
+        Ok(())
+    }
+
     /// Stops the kernel watching listeners nothing here follows. Only those found unfollowed
     /// at two looks in a row: a listen whose record is still in the ring buffer is followed by
     /// the next.
@@ -494,7 +540,12 @@ async fn connect_systemd(config: &TraceConfig) -> Result<Option<(Systemd, Catalo
         Err(_) => format!("systemd did not answer within {SYSTEMD_TIMEOUT:?}"),
     };
     if config.units.is_empty() {
-        tracing::info!("{failure}: unit names come from cgroups only");
+        // A bus asked for by name is worth a warning; the default one may simply not exist.
+        if config.systemd_bus.is_some() {
+            tracing::warn!("{failure}: unit names come from cgroups only");
+        } else {
+            tracing::info!("{failure}: unit names come from cgroups only");
+        }
         return Ok(None);
     }
     Err(TraceError::Systemd(format!(
@@ -668,8 +719,36 @@ fn check_pids(pids: &[u32]) -> Result<(), TraceError> {
     }
 }
 
-/// Runs one tracing session to its end.
+/// What an embedding program (the agent) adds to a session.
+#[derive(Default)]
+pub struct Hooks {
+    /// Called once every program is attached (the agent's READY=1).
+    pub ready: Option<Box<dyn FnOnce() + Send>>,
+    /// New settings to apply while tracing (the agent's SIGHUP).
+    pub reload: Option<mpsc::Receiver<Reload>>,
+}
+
+/// Settings a running session takes without stopping: the kernel keeps tracing, no event is
+/// lost.
+#[derive(Clone, Debug)]
+pub struct Reload {
+    pub thresholds: Thresholds,
+    pub units: Vec<String>,
+    pub exclude_units: Vec<String>,
+}
+
+/// Runs one tracing session to its end, writing to stdout.
 pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
+    let out = Box::new(Output::stdout(config.format));
+    run_with(config, out, Hooks::default()).await
+}
+
+/// Runs one tracing session to its end, writing to `out`.
+pub async fn run_with(
+    config: TraceConfig,
+    out: Box<dyn Emit>,
+    mut hooks: Hooks,
+) -> Result<Stop, TraceError> {
     let mut signals = Signals::install()?;
     check_pids(&config.pids)?;
     system::check_privileges()?;
@@ -683,6 +762,7 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     system::raise_memlock();
 
     let mut selector = Selector::new(&config.pids, &config.ports);
+    selector.exclude(&config.exclude_units);
     let systemd = connect_systemd(&config).await?;
     let mut resolved = Vec::new();
     if let Some((client, catalog)) = &systemd {
@@ -697,7 +777,7 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     };
 
     let mut session = Session {
-        out: Output::stdout(config.format),
+        out,
         clock: Clock::new(),
         host: system::hostname(),
         selector,
@@ -725,17 +805,29 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
         }
     }
 
-    let mut loaded = ebpf::load(&LoadOptions {
-        filter: FilterConfig {
-            self_tgid: std::process::id(),
-            all: config.all as u32,
-            ports: !config.ports.is_empty() as u32,
-            _pad: 0,
+    // Out before the verifier's wait: a reader may need no more (`| head -1`).
+    if let Err(e) = session.out.flush() {
+        return finish_early(e.into());
+    }
+    let loaded = ebpf::load(
+        &LoadOptions {
+            filter: FilterConfig {
+                self_tgid: std::process::id(),
+                all: config.all as u32,
+                ports: !config.ports.is_empty() as u32,
+                _pad: 0,
+            },
+            offsets,
+            kernel_log: config.kernel_log,
+            ports: config.ports.clone(),
         },
-        offsets,
-        kernel_log: config.kernel_log,
-        ports: config.ports.clone(),
-    })?;
+        &|| session.out.closed(),
+    );
+    let mut loaded = match loaded {
+        Ok(l) => l,
+        Err(ebpf::EbpfError::GaveUp) => return Ok(Stop::StdoutClosed),
+        Err(e) => return Err(e.into()),
+    };
     if !config.pids.is_empty() {
         let selected = procfs::descendants(&config.pids, &procfs::parents());
         loaded.watch(&selected, watch::SELECTED)?;
@@ -778,6 +870,9 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
     if let Err(e) = session.out.flush() {
         return finish_early(e.into());
     }
+    if let Some(ready) = hooks.ready.take() {
+        ready();
+    }
 
     // SAFETY: `Loaded` owns the ring buffer map, whose fd stays open and the same for as long
     // as the AsyncFd holds it.
@@ -788,12 +883,16 @@ pub async fn run(config: TraceConfig) -> Result<Stop, TraceError> {
         &mut ring,
         &mut signals,
         &mut changes,
+        &mut hooks.reload,
         config.duration,
     )
     .await;
+    if let Halt::Stop(Stop::StdoutClosed) = halt {
+        ring.into_inner().detach_in_background();
+        return Ok(Stop::StdoutClosed);
+    }
     let loaded = ring.get_mut();
     match halt {
-        Halt::Stop(Stop::StdoutClosed) => Ok(Stop::StdoutClosed),
         Halt::Fail(e) => Err(e),
         Halt::Stop(stop) => match finish(&mut session, loaded).await {
             Ok(()) => Ok(stop),
@@ -809,11 +908,20 @@ fn finish_early(halt: Halt) -> Result<Stop, TraceError> {
     }
 }
 
+/// The next settings to apply; never, without a reload channel.
+async fn next_reload(reload: &mut Option<mpsc::Receiver<Reload>>) -> Option<Reload> {
+    match reload {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn read_loop(
     session: &mut Session,
     ring: &mut AsyncFd<Loaded>,
     signals: &mut Signals,
     changes: &mut mpsc::Receiver<Watched>,
+    reload: &mut Option<mpsc::Receiver<Reload>>,
     duration: Option<Duration>,
 ) -> Halt {
     let deadline = duration.map(|d| Instant::now() + d);
@@ -845,10 +953,11 @@ async fn read_loop(
                     session.prune_listeners(ring.get_mut());
                 }
                 r.and_then(|()| Ok(session.out.flush()?)).and_then(|()| {
-                    if stdout_closed() { Err(Halt::Stop(Stop::StdoutClosed)) } else { Ok(()) }
+                    if session.out.closed() { Err(Halt::Stop(Stop::StdoutClosed)) } else { Ok(()) }
                 })
             }
             Some(watched) = changes.recv() => session.watched(watched),
+            Some(reload) = next_reload(reload) => session.reload(reload),
             _ = until_deadline => Err(Halt::Stop(Stop::Duration)),
             _ = signals.recv() => Err(Halt::Stop(Stop::Signal)),
         };
@@ -872,6 +981,7 @@ async fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Halt> 
     session.publish_timed(last)?;
     let counters = loaded.counters();
     session.report_lost(&counters)?;
+    session.writer_reports()?;
     let pending = session.engine.flush();
     session.findings(pending)?;
     let mut stop = session.agent("stop");

@@ -187,3 +187,114 @@ fn lint_finds_unit_names_in_the_search_path_and_their_install_state() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("ghost"), "{stderr}");
 }
+
+fn agent(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sockact-agent"))
+        .args(args)
+        .output()
+        .expect("running sockact-agent")
+}
+
+fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("sockact-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_sink_kind_that_is_not_a_string_fails_check_config_naming_kind_and_its_line() {
+    let path = temp_config("kind42", "[watch]\nunits = []\n\n[[sink]]\nkind = 42\n");
+    let out = agent(&["--config", path.to_str().unwrap(), "--check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("line 5: kind:"), "{stderr}");
+    assert!(
+        stderr.contains("journald"),
+        "says what kinds there are: {stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn unknown_keys_and_a_missing_given_file_are_config_errors() {
+    let path = temp_config("unknown", "[metrics]\nenabled = true\nport = 9\n");
+    let out = agent(&["--config", path.to_str().unwrap(), "--check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3: port:"), "{stderr}");
+    let out = agent(&["--config", "/nonexistent/agent.toml", "--check-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml"));
+}
+
+#[test]
+fn the_shipped_config_is_valid_documents_every_key_and_states_the_defaults() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../packaging/agent.toml");
+    let out = agent(&["--config", shipped, "--check-config"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(summary.contains("journald (journald)"), "{summary}");
+    assert!(summary.contains("127.0.0.1:9464"), "{summary}");
+    let text = std::fs::read_to_string(shipped).unwrap();
+    let keys = [
+        "units",
+        "exclude_units",
+        "all_processes",
+        "kind",
+        "name",
+        "path",
+        "address",
+        "max_size_mb",
+        "keep",
+        "buffer_events",
+        "enabled",
+        "listen",
+    ];
+    for key in keys {
+        assert!(
+            text.contains(&format!("{key} = ")),
+            "{key} is not documented"
+        );
+    }
+    for kind in sockact_agent::config::SinkKind::NAMES {
+        assert!(
+            text.contains(&format!("kind = \"{kind}\"")),
+            "no example of a {kind} sink"
+        );
+    }
+    let parsed = sockact_agent::config::AgentConfig::parse(&text, shipped).unwrap();
+    assert_eq!(
+        parsed.thresholds,
+        sockact_agent::detect::Thresholds::default(),
+        "the rule thresholds shown are the defaults"
+    );
+    for (rule, key, _) in sockact_agent::detect::thresholds::DEFAULTS {
+        assert!(text.contains(&format!("[rules.{rule}]")), "{rule}");
+        assert!(text.contains(&format!("{key} = ")), "{rule}.{key}");
+    }
+}
+
+#[test]
+fn agent_help_lists_its_options() {
+    let out = agent(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--check-config",
+        "--unit",
+        "--exclude-unit",
+        "--set",
+        "--no-metrics",
+        "--metrics-listen",
+        "--systemd-bus",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}

@@ -29,6 +29,17 @@ pub fn trace_bin() -> PathBuf {
     path
 }
 
+/// The sockact-agent binary under test, beside sockact-trace.
+pub fn agent_bin() -> PathBuf {
+    let path = trace_bin().with_file_name("sockact-agent");
+    assert!(
+        path.exists(),
+        "{} does not exist: run the privileged tests through `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
 /// Fails the test, with the reason, when it cannot load eBPF programs.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -58,14 +69,31 @@ pub struct Trace {
 impl Trace {
     /// Starts the tracer and waits until every program is attached.
     pub fn start(args: &[&str]) -> Trace {
+        let mut cmd = Command::new(trace_bin());
+        cmd.args(["--format", "json", "--duration", "60"])
+            .args(args);
+        Trace::launch(cmd)
+    }
+
+    /// Starts sockact-agent (its stdout sink) and waits until every program is attached.
+    pub fn agent(args: &[&str]) -> Trace {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["--duration", "120"]).args(args);
+        Trace::launch(cmd)
+    }
+
+    /// Starts `cmd`, a sockact program writing NDJSON to stdout.
+    pub fn launch(mut cmd: Command) -> Trace {
         require_root();
-        let mut child = Command::new(trace_bin())
-            .args(["--format", "json", "--duration", "60"])
-            .args(args)
+        let program = std::path::Path::new(cmd.get_program())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting sockact-trace");
+            .expect("starting a sockact program");
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr_pipe = child.stderr.take().expect("piped stderr");
         let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -73,7 +101,7 @@ impl Trace {
         thread::spawn(move || {
             for line in BufReader::new(stderr_pipe).lines() {
                 let Ok(line) = line else { break };
-                eprintln!("sockact-trace: {line}");
+                eprintln!("{program}: {line}");
                 let mut s = sink.lock().unwrap();
                 s.push_str(&line);
                 s.push('\n');
@@ -140,9 +168,31 @@ impl Trace {
 
     /// Stops the tracer with SIGINT and returns every line it wrote: `agent` stop, then the
     /// `summary` last.
-    pub fn stop(mut self) -> Vec<Value> {
+    pub fn stop(self) -> Vec<Value> {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// The process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (SIGHUP to the agent).
+    pub fn signal(&self, signal: i32) {
         // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Every line read so far, and what is waiting now.
+    pub fn lines(&mut self) -> &[Value] {
+        while self.pump(Duration::from_millis(10)) {}
+        &self.seen
+    }
+
+    /// Stops it with `signal` (SIGINT, SIGTERM) and returns every line it wrote: `agent`
+    /// stop, then the `summary` last.
+    pub fn stop_with(mut self, signal: i32) -> Vec<Value> {
+        self.signal(signal);
         let status = self.child.wait().expect("waiting for sockact-trace");
         while self.pump(Duration::from_millis(500)) {}
         assert!(status.success(), "sockact-trace exited with {status}");

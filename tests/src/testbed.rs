@@ -144,6 +144,11 @@ impl Container {
         );
     }
 
+    /// The container's root directory on the host (its overlay), to put files in.
+    pub fn root(&self) -> &Path {
+        &self.merged
+    }
+
     /// The container's PID 1, as the host sees it.
     pub fn leader(&self) -> u32 {
         self.leader

@@ -1,6 +1,7 @@
-//! Project chores: `cargo xtask setup | test | demo`. Orchestration only; the build itself is
+//! Project chores: `cargo xtask setup | test | demo | install`. Orchestration only; the build itself is
 //! plain cargo (sockact-agent's build.rs builds the eBPF programs).
 mod demo;
+mod install;
 mod rootfs;
 mod setup;
 mod test;
@@ -29,6 +30,22 @@ enum Command {
     Demo,
     /// Build (once) the Debian root with systemd that the end-to-end tests boot.
     Rootfs,
+    /// Install the binaries, sockact-agent's unit and its example configuration (kept when
+    /// one exists), then reload systemd.
+    Install {
+        /// Install under this directory instead of / (a staging root, an image).
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: std::path::PathBuf,
+        /// Where the binaries go, as the running system sees it.
+        #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+        /// Install the debug build.
+        #[arg(long)]
+        debug: bool,
+        /// Do not run `systemctl daemon-reload`.
+        #[arg(long)]
+        no_reload: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +54,16 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
         Command::Rootfs => rootfs::ensure().map(|_| ()),
+        Command::Install {
+            root,
+            prefix,
+            debug,
+            no_reload,
+        } => install::run(&install::Options {
+            dest: root,
+            prefix,
+            debug,
+            no_reload,
+        }),
     }
 }

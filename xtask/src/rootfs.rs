@@ -9,8 +9,9 @@ use crate::util::{cache_dir, is_root, run_cmd};
 
 const SUITE: &str = "bookworm";
 /// systemd and its bus (dbus: the system bus the agent talks to), python3 for the scenarios'
-/// servers, iproute2 for ss. Changing this list rebuilds the root.
-const PACKAGES: &str = "systemd,systemd-sysv,dbus,python3,iproute2";
+/// servers, iproute2 for ss, procps for the /bin/kill that units' ExecReload= call (as on any
+/// full Debian). Changing this list rebuilds the root.
+const PACKAGES: &str = "systemd,systemd-sysv,dbus,python3,iproute2,procps";
 
 pub fn dir() -> PathBuf {
     cache_dir().join(format!("rootfs-{SUITE}"))

@@ -8,8 +8,12 @@ use crate::util::{cache_dir, is_root, output, run_cmd, stdout};
 
 /// Debian packages the build and the tests use: python3 for test servers and clients,
 /// systemd for systemd-socket-activate, iproute2 for ss, util-linux for setpriv and unshare,
-/// debootstrap and systemd-container (systemd-nspawn) for the real-systemd test bed.
+/// debootstrap and systemd-container (systemd-nspawn) for the real-systemd test bed; rsyslog
+/// with its RELP module and prometheus (promtool) for the agent's pipeline tests.
 const PACKAGES: &[&str] = &[
+    "rsyslog",
+    "rsyslog-relp",
+    "prometheus",
     "python3",
     "systemd",
     "iproute2",

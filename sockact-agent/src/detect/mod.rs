@@ -78,6 +78,11 @@ impl Engine {
         }
     }
 
+    /// New thresholds, from the next event on (the agent's reload).
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.ctx.thresholds = thresholds;
+    }
+
     pub fn observe(&mut self, event: &Event) -> Vec<Finding> {
         let mut out = Vec::new();
         self.ctx.learn(event);

@@ -1,0 +1,44 @@
+//! `sockact-agent`: the always-on daemon (DESIGN.md, "sockact-agent").
+use std::process::ExitCode;
+
+use clap::Parser;
+use sockact_agent::{
+    agent::{self, AgentArgs},
+    logging,
+};
+
+fn main() -> ExitCode {
+    let args = AgentArgs::parse();
+    logging::init(args.verbose, args.kernel_log);
+    if args.check_config {
+        return match agent::check(&args) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sockact-agent: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    // Two workers: the sinks keep writing while the session loads programs or drains a burst.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sockact-agent: starting the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(agent::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sockact-agent: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

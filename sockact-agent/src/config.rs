@@ -1,0 +1,451 @@
+//! sockact-agent's configuration (DESIGN.md, "sockact-agent"): TOML, every key known (an unknown
+//! key is an error), every error naming the key and its line. `packaging/agent.toml` documents
+//! every key.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::detect::Thresholds;
+
+/// Where the agent looks when no `--config` is given; a missing default file means defaults.
+pub const DEFAULT_PATH: &str = "/etc/sockact/agent.toml";
+/// Prometheus metrics, by default.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
+/// Events a sink may hold before it drops, by default.
+pub const DEFAULT_BUFFER: usize = 10_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {why}")]
+    Read { path: String, why: String },
+    #[error("{path}: line {line}: {key}: {why}")]
+    Key {
+        path: String,
+        line: usize,
+        key: String,
+        why: String,
+    },
+    #[error("{path}: {why}")]
+    Other { path: String, why: String },
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Stdout,
+    File,
+    Tcp,
+    Unix,
+    Relp,
+    Journald,
+}
+
+impl SinkKind {
+    pub const NAMES: [&str; 6] = ["stdout", "file", "tcp", "unix", "relp", "journald"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Stdout => "stdout",
+            SinkKind::File => "file",
+            SinkKind::Tcp => "tcp",
+            SinkKind::Unix => "unix",
+            SinkKind::Relp => "relp",
+            SinkKind::Journald => "journald",
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    #[serde(default)]
+    units: Vec<String>,
+    #[serde(default)]
+    exclude_units: Vec<String>,
+    #[serde(default)]
+    all_processes: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    kind: Spanned<SinkKind>,
+    name: Option<String>,
+    path: Option<PathBuf>,
+    address: Option<String>,
+    max_size_mb: Option<u64>,
+    keep: Option<u32>,
+    buffer_events: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default = "default_metrics")]
+    listen: String,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        RawMetrics {
+            enabled: true,
+            listen: DEFAULT_METRICS.into(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_metrics() -> String {
+    DEFAULT_METRICS.into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    watch: RawWatch,
+    #[serde(default)]
+    sink: Vec<Spanned<RawSink>>,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default)]
+    rules: BTreeMap<String, Spanned<BTreeMap<String, Spanned<u64>>>>,
+}
+
+/// One sink, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SinkConfig {
+    pub kind: SinkKind,
+    /// As it appears in `lost` causes (`sink:<name>`) and metrics: `name`, else the kind (with
+    /// a number when there are several).
+    pub name: String,
+    pub path: Option<PathBuf>,
+    pub address: Option<String>,
+    pub max_size_mb: u64,
+    pub keep: u32,
+    pub buffer_events: usize,
+}
+
+/// The configuration, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    pub units: Vec<String>,
+    pub exclude_units: Vec<String>,
+    pub all_processes: bool,
+    pub sinks: Vec<SinkConfig>,
+    pub metrics: Option<String>,
+    pub thresholds: Thresholds,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            units: Vec::new(),
+            exclude_units: Vec::new(),
+            all_processes: false,
+            sinks: vec![SinkConfig {
+                kind: SinkKind::Stdout,
+                name: "stdout".into(),
+                path: None,
+                address: None,
+                max_size_mb: 100,
+                keep: 5,
+                buffer_events: DEFAULT_BUFFER,
+            }],
+            metrics: Some(DEFAULT_METRICS.into()),
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// The 1-based line of a byte offset.
+fn line_at(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key written on a line (`kind = 42` -> `kind`), for an error that points there.
+fn key_on(text: &str, line: usize) -> String {
+    let l = text.lines().nth(line.saturating_sub(1)).unwrap_or_default();
+    match l.split_once('=') {
+        Some((k, _)) => k.trim().trim_matches('"').to_owned(),
+        None => l.trim().trim_matches(['[', ']']).to_owned(),
+    }
+}
+
+/// Serde names a field or variant in backquotes: `unknown field `fo``.
+fn quoted(msg: &str) -> Option<&str> {
+    let start = msg.find('`')? + 1;
+    let end = start + msg[start..].find('`')?;
+    Some(&msg[start..end])
+}
+
+impl AgentConfig {
+    /// Reads `path`; `required` says whether a missing file is an error (`--config`) or means
+    /// the defaults (the default path).
+    pub fn load(path: &Path, required: bool) -> Result<AgentConfig, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => AgentConfig::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                Ok(AgentConfig::default())
+            }
+            Err(e) => Err(ConfigError::Read {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            }),
+        }
+    }
+
+    /// Parses and checks a configuration's text; `path` names it in errors.
+    pub fn parse(text: &str, path: &str) -> Result<AgentConfig, ConfigError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let message = e.message().trim().to_owned();
+            match e.span() {
+                Some(span) => {
+                    let line = line_at(text, span.start);
+                    let key = if message.starts_with("unknown field") {
+                        quoted(&message).map_or_else(|| key_on(text, line), str::to_owned)
+                    } else {
+                        key_on(text, line)
+                    };
+                    let why = if key == "kind" && !message.contains("expected one of") {
+                        format!("{message}; one of {}", SinkKind::NAMES.join(", "))
+                    } else {
+                        message
+                    };
+                    ConfigError::Key {
+                        path: path.into(),
+                        line,
+                        key,
+                        why,
+                    }
+                }
+                None => ConfigError::Other {
+                    path: path.into(),
+                    why: message,
+                },
+            }
+        })?;
+        let key_err = |span: std::ops::Range<usize>, key: &str, why: String| ConfigError::Key {
+            path: path.into(),
+            line: line_at(text, span.start),
+            key: key.into(),
+            why,
+        };
+        let mut sinks = Vec::new();
+        let count = |k: SinkKind| {
+            raw.sink
+                .iter()
+                .filter(|s| *s.get_ref().kind.get_ref() == k)
+                .count()
+        };
+        for (i, spanned) in raw.sink.iter().enumerate() {
+            let s = spanned.get_ref();
+            let kind = *s.kind.get_ref();
+            let need = |field: &str, present: bool| {
+                if present {
+                    Ok(())
+                } else {
+                    Err(key_err(
+                        s.kind.span(),
+                        field,
+                        format!("a {} sink needs {field}", kind.name()),
+                    ))
+                }
+            };
+            match kind {
+                SinkKind::File | SinkKind::Unix => need("path", s.path.is_some())?,
+                SinkKind::Tcp | SinkKind::Relp => need("address", s.address.is_some())?,
+                SinkKind::Stdout | SinkKind::Journald => {}
+            }
+            let name = s.name.clone().unwrap_or_else(|| {
+                if count(kind) > 1 {
+                    format!("{}{}", kind.name(), i + 1)
+                } else {
+                    kind.name().to_owned()
+                }
+            });
+            let buffer = s.buffer_events.unwrap_or(DEFAULT_BUFFER);
+            if buffer == 0 {
+                return Err(key_err(
+                    spanned.span(),
+                    "buffer_events",
+                    "must hold at least one event".into(),
+                ));
+            }
+            sinks.push(SinkConfig {
+                kind,
+                name,
+                path: s.path.clone(),
+                address: s.address.clone(),
+                max_size_mb: s.max_size_mb.unwrap_or(100).max(1),
+                keep: s.keep.unwrap_or(5),
+                buffer_events: buffer,
+            });
+        }
+        let mut names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+        names.sort();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(ConfigError::Other {
+                path: path.into(),
+                why: format!("two sinks are named {}: give each its own name", w[0]),
+            });
+        }
+        if sinks.is_empty() {
+            sinks = AgentConfig::default().sinks;
+        }
+        let mut thresholds = Thresholds::default();
+        for (rule, keys) in &raw.rules {
+            for (key, value) in keys.get_ref() {
+                thresholds.set(rule, key, *value.get_ref()).map_err(|e| {
+                    key_err(
+                        value.span(),
+                        &format!("rules.{rule}.{key}"),
+                        e.to_string().replace("--set ", ""),
+                    )
+                })?;
+            }
+        }
+        let metrics = raw.metrics.enabled.then(|| raw.metrics.listen.clone());
+        if let Some(listen) = &metrics
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Other {
+                path: path.into(),
+                why: format!("metrics.listen: {listen} is not an address:port"),
+            });
+        }
+        Ok(AgentConfig {
+            units: raw.watch.units,
+            exclude_units: raw.watch.exclude_units,
+            all_processes: raw.watch.all_processes,
+            sinks,
+            metrics,
+            thresholds,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        AgentConfig::parse(text, "agent.toml").unwrap_err()
+    }
+
+    #[test]
+    fn defaults_are_one_stdout_sink_and_metrics_on_loopback() {
+        let c = AgentConfig::parse("", "agent.toml").unwrap();
+        assert_eq!(c, AgentConfig::default());
+        assert_eq!(c.metrics.as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(c.sinks[0].kind, SinkKind::Stdout);
+    }
+
+    #[test]
+    fn every_section_and_key() {
+        let c = AgentConfig::parse(
+            r#"
+[watch]
+units = ["web", "db.socket"]
+exclude_units = ["noisy"]
+all_processes = false
+
+[[sink]]
+kind = "file"
+path = "/var/log/sockact/events.ndjson"
+max_size_mb = 10
+keep = 3
+
+[[sink]]
+kind = "relp"
+name = "central"
+address = "logs.example:2514"
+buffer_events = 50000
+
+[metrics]
+enabled = false
+
+[rules.fds_ignored]
+after_ms = 5000
+"#,
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(c.units, ["web", "db.socket"]);
+        assert_eq!(c.exclude_units, ["noisy"]);
+        assert_eq!(c.sinks.len(), 2);
+        assert_eq!(c.sinks[0].name, "file");
+        assert_eq!(c.sinks[0].max_size_mb, 10);
+        assert_eq!(c.sinks[1].name, "central");
+        assert_eq!(c.sinks[1].buffer_events, 50_000);
+        assert_eq!(c.metrics, None);
+        assert_eq!(c.thresholds.get("fds_ignored", "after_ms"), 5000);
+    }
+
+    #[test]
+    fn a_bad_kind_names_kind_and_its_line() {
+        let e = err("[[sink]]\nkind = 42\n");
+        let ConfigError::Key { line, key, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!((*line, key.as_str()), (2, "kind"), "{e}");
+        assert!(
+            e.to_string().starts_with("agent.toml: line 2: kind: "),
+            "{e}"
+        );
+        let e = err("[[sink]]\nkind = \"syslog\"\n");
+        assert!(e.to_string().contains("line 2: kind:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_them() {
+        let e = err("[watch]\nunits = []\nfoo = 1\n");
+        assert!(e.to_string().contains("line 3: foo:"), "{e}");
+        let e = err("[nope]\n");
+        assert!(e.to_string().contains("line 1: nope:"), "{e}");
+        let e = err("[rules.fds_ignored]\nafter = 5\n");
+        assert!(
+            e.to_string().contains("line 2: rules.fds_ignored.after:"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("known: fds_ignored.after_ms"), "{e}");
+    }
+
+    #[test]
+    fn sinks_need_where_to_write() {
+        let e = err("[[sink]]\nkind = \"file\"\n");
+        assert!(
+            e.to_string()
+                .contains("line 2: path: a file sink needs path"),
+            "{e}"
+        );
+        let e = err("[[sink]]\nkind = \"tcp\"\n");
+        assert!(e.to_string().contains("address"), "{e}");
+        let e = err(
+            "[[sink]]\nkind = \"tcp\"\naddress = \"a:1\"\n[[sink]]\nkind = \"tcp\"\naddress = \"b:1\"\nname = \"tcp1\"\n",
+        );
+        assert!(e.to_string().contains("two sinks are named tcp1"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_default_file_means_defaults_a_missing_given_file_is_an_error() {
+        let missing = Path::new("/nonexistent/agent.toml");
+        assert_eq!(
+            AgentConfig::load(missing, false).unwrap(),
+            AgentConfig::default()
+        );
+        assert!(matches!(
+            AgentConfig::load(missing, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

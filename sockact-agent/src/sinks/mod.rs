@@ -1,0 +1,495 @@
+//! The agent's sinks (DESIGN.md, "sockact-agent"): every event, numbered once, goes to each
+//! sink through that sink's own bounded queue, so a slow or broken sink can neither block
+//! another nor the kernel reader. What a sink could not take or knew it could not deliver is
+//! counted and reported as a `lost` event (`sink:<name>`) once it works again.
+mod file;
+mod journald;
+mod relp;
+mod stdout;
+mod stream;
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+
+use crate::{
+    clock::Clock,
+    config::{SinkConfig, SinkKind},
+    events::{Data, Event, Lost},
+    output::{Emit, stdout_closed},
+    render,
+};
+
+/// One event, encoded once for every sink.
+#[derive(Debug)]
+pub struct Line {
+    /// The NDJSON line, newline included.
+    pub json: String,
+    pub seq: u64,
+    pub kind: &'static str,
+    /// The event's time (RFC 3339), for a syslog header.
+    pub ts: String,
+    pub host: String,
+    /// syslog severity: 3 for error findings, 4 for warnings and losses, 6 otherwise.
+    pub severity: u8,
+    pub rule: Option<String>,
+    pub unit: Option<String>,
+    pub socket_unit: Option<String>,
+    /// The text format's line, for journald's MESSAGE.
+    pub text: String,
+}
+
+impl Line {
+    pub fn encode(e: &Event) -> serde_json::Result<Line> {
+        let mut json = serde_json::to_string(e)?;
+        json.push('\n');
+        let (severity, rule, mut unit, mut socket_unit) = match &e.data {
+            Data::Finding(f) => (
+                match f.severity.as_str() {
+                    "error" => 3,
+                    "warning" => 4,
+                    _ => 6,
+                },
+                Some(f.rule.clone()),
+                f.unit.clone(),
+                f.socket_unit.clone(),
+            ),
+            Data::Lost(_) => (4, None, None, None),
+            Data::Unit(u) => (6, None, Some(u.unit.clone()), None),
+            Data::Listener(l) => (6, None, None, l.socket_unit.clone()),
+            Data::Queue(q) => (6, None, None, q.socket_unit.clone()),
+            Data::Drop(d) => (4, None, None, d.socket_unit.clone()),
+            _ => (6, None, None, None),
+        };
+        if let Some(p) = &e.process {
+            unit = unit.or_else(|| p.unit.clone());
+            socket_unit = socket_unit.or_else(|| p.socket_unit.clone());
+        }
+        Ok(Line {
+            json,
+            seq: e.seq,
+            kind: e.data.kind(),
+            ts: e.ts.clone(),
+            host: e.host.clone(),
+            severity,
+            rule,
+            unit,
+            socket_unit,
+            text: render::line(e, false),
+        })
+    }
+}
+
+/// What a sink's task and the writer share.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Events the sink did not deliver, known to be lost.
+    pub dropped: AtomicU64,
+    /// Failed writes and connects.
+    pub errors: AtomicU64,
+    /// Events delivered (written, or acknowledged for RELP).
+    pub delivered: AtomicU64,
+    /// Whether the last write or connect worked.
+    pub healthy: AtomicBool,
+    /// The reader went away for good (a closed stdout).
+    pub closed: AtomicBool,
+    /// Reopen the file at the next write (SIGHUP, after logrotate moved it).
+    pub reopen: AtomicBool,
+}
+
+impl Stats {
+    fn drop_events(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A write or connect failed: counted, logged at the first failure of an outage.
+    fn failed(&self, name: &str, what: &str, e: &dyn std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!("sink {name}: {what}: {e}; events wait in its buffer and are retried");
+        }
+    }
+
+    /// It works (again).
+    fn working(&self, name: &str) {
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("sink {name}: working");
+        }
+    }
+}
+
+/// How the task of a sink receives events, and learns that the agent is stopping (then it
+/// delivers what it can until it is told to give up).
+pub struct Feed {
+    pub rx: mpsc::Receiver<Arc<Line>>,
+    pub stats: Arc<Stats>,
+    pub name: String,
+    give_up: watch::Receiver<bool>,
+}
+
+impl Feed {
+    /// Whether the agent gave up waiting for this sink.
+    pub fn giving_up(&self) -> bool {
+        *self.give_up.borrow()
+    }
+
+    /// Waits `d`, or less when the agent gives up waiting.
+    pub async fn pause(&mut self, d: Duration) {
+        let _ = tokio::time::timeout(d, self.give_up.wait_for(|g| *g)).await;
+    }
+
+    /// Gives up on what is still queued: counted and logged.
+    pub fn abandon(&mut self, in_hand: u64) {
+        let mut n = in_hand;
+        while self.rx.try_recv().is_ok() {
+            n += 1;
+        }
+        if n > 0 {
+            self.stats.drop_events(n);
+            tracing::warn!("sink {}: {n} events not delivered at exit", self.name);
+        }
+    }
+}
+
+/// Most bytes written at once.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// The next events to write: waits for one, then takes what else is queued, up to 64 KiB.
+/// `None` once the queue is closed and empty. Cancel-safe.
+pub async fn batch(rx: &mut mpsc::Receiver<Arc<Line>>) -> Option<(Vec<u8>, u64)> {
+    let first = rx.recv().await?;
+    let mut bytes = first.json.as_bytes().to_vec();
+    let mut lines = 1;
+    while bytes.len() < BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(line) => {
+                bytes.extend_from_slice(line.json.as_bytes());
+                lines += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    Some((bytes, lines))
+}
+
+/// How long a connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reconnection delays: 100 ms doubling to 5 s, back to 100 ms once connected.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Backoff::FIRST,
+        }
+    }
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    pub fn wait(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Backoff::MAX);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Backoff::FIRST;
+    }
+}
+
+struct Sink {
+    config: SinkConfig,
+    tx: mpsc::Sender<Arc<Line>>,
+    stats: Arc<Stats>,
+    /// Of `stats.dropped`, what `lost` events told already.
+    reported: u64,
+    lost_since: String,
+}
+
+/// New sink settings (SIGHUP): unchanged sinks keep running, the others are replaced.
+pub type SinksControl = mpsc::Sender<Vec<SinkConfig>>;
+
+/// A sink's task, by the sink's name.
+type NamedTask = (String, JoinHandle<()>);
+
+/// The sinks' tasks, to wait for at exit.
+#[derive(Clone)]
+pub struct SinkTasks {
+    tasks: Arc<Mutex<Vec<NamedTask>>>,
+    give_up: Arc<watch::Sender<bool>>,
+}
+
+impl SinkTasks {
+    /// Waits until every sink delivered what it holds (its queue is closed once the writer is
+    /// dropped), at most `patience`; then the sinks give up and say what they did not deliver.
+    pub async fn finish(self, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
+        let mut late = Vec::new();
+        for (name, mut task) in tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(_) => {}
+                Err(_) => late.push((name, task)),
+            }
+        }
+        if late.is_empty() {
+            return;
+        }
+        let _ = self.give_up.send(true);
+        for (name, task) in late {
+            if tokio::time::timeout(Duration::from_secs(1), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("sink {name}: still busy at exit");
+            }
+        }
+    }
+}
+
+/// Every configured sink: the writer side (see [`Emit`]).
+pub struct Sinks {
+    sinks: Vec<Sink>,
+    seq: u64,
+    tasks: SinkTasks,
+    control: mpsc::Receiver<Vec<SinkConfig>>,
+    observers: Vec<Observer>,
+    /// Every sink's name and counters, as the metrics read them.
+    shared: SinkStats,
+}
+
+/// Sees every event as it is written (the metrics).
+type Observer = Box<dyn FnMut(&Event) + Send>;
+
+/// Every running sink's name and counters.
+pub type SinkStats = Arc<Mutex<Vec<(String, Arc<Stats>)>>>;
+
+impl Sinks {
+    /// Starts a task for every sink; must run inside the tokio runtime.
+    pub fn start(configs: &[SinkConfig]) -> (Sinks, SinksControl, SinkTasks) {
+        let (give_up, _) = watch::channel(false);
+        let tasks = SinkTasks {
+            tasks: Arc::default(),
+            give_up: Arc::new(give_up),
+        };
+        let (control_tx, control) = mpsc::channel(4);
+        let mut sinks = Sinks {
+            sinks: Vec::new(),
+            seq: 0,
+            tasks: tasks.clone(),
+            control,
+            observers: Vec::new(),
+            shared: SinkStats::default(),
+        };
+        for c in configs {
+            let sink = sinks.spawn(c.clone());
+            sinks.sinks.push(sink);
+        }
+        sinks.share();
+        (sinks, control_tx, tasks)
+    }
+
+    /// Also shows every event to `f` (the metrics).
+    pub fn observe(&mut self, f: impl FnMut(&Event) + Send + 'static) {
+        self.observers.push(Box::new(f));
+    }
+
+    /// Every sink's name and counters, kept current across reloads.
+    pub fn stats(&self) -> SinkStats {
+        self.shared.clone()
+    }
+
+    fn share(&self) {
+        *self.shared.lock().expect("not poisoned") = self
+            .sinks
+            .iter()
+            .map(|s| (s.config.name.clone(), s.stats.clone()))
+            .collect();
+    }
+
+    fn spawn(&self, config: SinkConfig) -> Sink {
+        let (tx, rx) = mpsc::channel(config.buffer_events);
+        let stats = Arc::new(Stats {
+            healthy: AtomicBool::new(true),
+            ..Default::default()
+        });
+        let feed = Feed {
+            rx,
+            stats: stats.clone(),
+            name: config.name.clone(),
+            give_up: self.tasks.give_up.subscribe(),
+        };
+        let task = match config.kind {
+            SinkKind::Stdout => tokio::spawn(stdout::run(feed)),
+            SinkKind::File => tokio::spawn(file::run(config.clone(), feed)),
+            SinkKind::Tcp | SinkKind::Unix => tokio::spawn(stream::run(config.clone(), feed)),
+            SinkKind::Relp => tokio::spawn(relp::run(config.clone(), feed)),
+            SinkKind::Journald => tokio::spawn(journald::run(config.clone(), feed)),
+        };
+        self.tasks
+            .tasks
+            .lock()
+            .expect("not poisoned")
+            .push((config.name.clone(), task));
+        Sink {
+            config,
+            tx,
+            stats,
+            reported: 0,
+            lost_since: Clock::now_rfc3339(),
+        }
+    }
+
+    /// Applies new sink settings: a sink whose settings did not change keeps its queue and
+    /// connection (a file sink reopens its file); a removed sink delivers what it holds and
+    /// stops.
+    fn reconfigure(&mut self, configs: Vec<SinkConfig>) {
+        let mut old = std::mem::take(&mut self.sinks);
+        for c in configs {
+            match old.iter().position(|s| s.config == c) {
+                Some(i) => {
+                    let kept = old.remove(i);
+                    kept.stats.reopen.store(true, Ordering::Relaxed);
+                    self.sinks.push(kept);
+                }
+                None => {
+                    tracing::info!("sink {}: started", c.name);
+                    let sink = self.spawn(c);
+                    self.sinks.push(sink);
+                }
+            }
+        }
+        for gone in old {
+            tracing::info!("sink {}: removed", gone.config.name);
+        }
+        self.share();
+    }
+}
+
+impl Emit for Sinks {
+    fn emit(&mut self, mut event: Event) -> std::io::Result<()> {
+        self.seq += 1;
+        event.seq = self.seq;
+        for o in &mut self.observers {
+            o(&event);
+        }
+        let line = Arc::new(Line::encode(&event)?);
+        for s in &self.sinks {
+            if s.tx.try_send(line.clone()).is_err() {
+                if s.stats.dropped.load(Ordering::Relaxed) == s.reported {
+                    tracing::warn!(
+                        "sink {}: its buffer of {} events is full; dropping until it drains",
+                        s.config.name,
+                        s.config.buffer_events
+                    );
+                }
+                s.stats.drop_events(1);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Each sink's task writes out whenever its queue is empty.
+        Ok(())
+    }
+
+    fn lines_written(&self) -> u64 {
+        self.seq
+    }
+
+    fn closed(&self) -> bool {
+        self.sinks.iter().any(|s| {
+            s.config.kind == SinkKind::Stdout
+                && (s.stats.closed.load(Ordering::Relaxed) || stdout_closed())
+        })
+    }
+
+    fn due(&mut self) -> Vec<Data> {
+        if let Ok(configs) = self.control.try_recv() {
+            self.reconfigure(configs);
+        }
+        let mut out = Vec::new();
+        for s in &mut self.sinks {
+            let dropped = s.stats.dropped.load(Ordering::Relaxed);
+            if dropped > s.reported && s.stats.healthy.load(Ordering::Relaxed) {
+                let count = dropped - s.reported;
+                tracing::warn!("sink {}: {count} events lost", s.config.name);
+                s.reported = dropped;
+                let now = Clock::now_rfc3339();
+                out.push(Data::Lost(Lost {
+                    count,
+                    cause: format!("sink:{}", s.config.name),
+                    since: std::mem::replace(&mut s.lost_since, now),
+                }));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded() -> Vec<Event> {
+        include_str!("../../../tests/fixtures/restart_gap.ndjson")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a v1 event"))
+            .collect()
+    }
+
+    #[test]
+    fn a_line_is_the_event_as_ndjson_with_what_syslog_and_journald_need() {
+        let events = recorded();
+        let finding = events
+            .iter()
+            .find(|e| matches!(&e.data, Data::Finding(f) if f.severity == "error"))
+            .expect("the recording has an error finding");
+        let line = Line::encode(finding).unwrap();
+        assert!(line.json.ends_with('\n') && !line.json[..line.json.len() - 1].contains('\n'));
+        let back: Event = serde_json::from_str(&line.json).unwrap();
+        assert_eq!(&back, finding);
+        assert_eq!((line.kind, line.severity), ("finding", 3));
+        assert!(line.rule.is_some() && line.unit.is_some(), "{line:?}");
+        let accept = events
+            .iter()
+            .find(|e| matches!(e.data, Data::Accept(_)))
+            .expect("an accept");
+        let line = Line::encode(accept).unwrap();
+        assert_eq!(
+            (line.kind, line.severity, line.rule.as_deref()),
+            ("accept", 6, None)
+        );
+        assert!(
+            line.unit.is_some() && line.socket_unit.is_some(),
+            "{line:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_seconds_and_resets() {
+        let mut b = Backoff::default();
+        let waits: Vec<u64> = (0..8).map(|_| b.wait().as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+        b.reset();
+        assert_eq!(b.wait(), Duration::from_millis(100));
+    }
+}
