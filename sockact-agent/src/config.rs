@@ -9,7 +9,7 @@ use std::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::detect::Thresholds;
+use crate::detect::{Thresholds, thresholds::DEFAULTS};
 
 /// Where the agent looks when no `--config` is given; a missing default file means defaults.
 pub const DEFAULT_PATH: &str = "/etc/sockact/agent.toml";
@@ -76,10 +76,10 @@ struct RawSink {
     kind: Spanned<SinkKind>,
     name: Option<String>,
     path: Option<PathBuf>,
-    address: Option<String>,
-    max_size_mb: Option<u64>,
-    keep: Option<u32>,
-    buffer_events: Option<usize>,
+    address: Option<Spanned<String>>,
+    max_size_mb: Option<Spanned<u64>>,
+    keep: Option<Spanned<u32>>,
+    buffer_events: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,15 +87,14 @@ struct RawSink {
 struct RawMetrics {
     #[serde(default = "yes")]
     enabled: bool,
-    #[serde(default = "default_metrics")]
-    listen: String,
+    listen: Option<Spanned<String>>,
 }
 
 impl Default for RawMetrics {
     fn default() -> Self {
         RawMetrics {
             enabled: true,
-            listen: DEFAULT_METRICS.into(),
+            listen: None,
         }
     }
 }
@@ -104,9 +103,9 @@ fn yes() -> bool {
     true
 }
 
-fn default_metrics() -> String {
-    DEFAULT_METRICS.into()
-}
+/// Largest file before rotation, in MiB, and most old files kept.
+const MAX_SIZE_MB: u64 = 1024 * 1024;
+const MAX_KEEP: u32 = 1000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -266,6 +265,46 @@ impl AgentConfig {
                 SinkKind::Tcp | SinkKind::Relp => need("address", s.address.is_some())?,
                 SinkKind::Stdout | SinkKind::Journald => {}
             }
+            if let Some(a) = &s.address {
+                let has_port = a
+                    .get_ref()
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !has_port {
+                    return Err(key_err(
+                        a.span(),
+                        "address",
+                        format!("{:?} is not host:port", a.get_ref()),
+                    ));
+                }
+            }
+            let within =
+                |v: &Option<Spanned<u64>>, key: &str, min: u64, max: u64, default: u64| match v {
+                    None => Ok(default),
+                    Some(v) if (min..=max).contains(v.get_ref()) => Ok(*v.get_ref()),
+                    Some(v) => Err(key_err(
+                        v.span(),
+                        key,
+                        format!("{} is out of range: {min} to {max}", v.get_ref()),
+                    )),
+                };
+            let widen = |v: &Option<Spanned<usize>>| {
+                v.as_ref()
+                    .map(|v| Spanned::new(v.span(), *v.get_ref() as u64))
+            };
+            let widen32 = |v: &Option<Spanned<u32>>| {
+                v.as_ref()
+                    .map(|v| Spanned::new(v.span(), u64::from(*v.get_ref())))
+            };
+            let max_size_mb = within(&s.max_size_mb, "max_size_mb", 1, MAX_SIZE_MB, 100)?;
+            let keep = within(&widen32(&s.keep), "keep", 0, u64::from(MAX_KEEP), 5)? as u32;
+            let buffer = within(
+                &widen(&s.buffer_events),
+                "buffer_events",
+                1,
+                100_000_000,
+                DEFAULT_BUFFER as u64,
+            )? as usize;
             let name = s.name.clone().unwrap_or_else(|| {
                 if count(kind) > 1 {
                     format!("{}{}", kind.name(), i + 1)
@@ -273,21 +312,13 @@ impl AgentConfig {
                     kind.name().to_owned()
                 }
             });
-            let buffer = s.buffer_events.unwrap_or(DEFAULT_BUFFER);
-            if buffer == 0 {
-                return Err(key_err(
-                    spanned.span(),
-                    "buffer_events",
-                    "must hold at least one event".into(),
-                ));
-            }
             sinks.push(SinkConfig {
                 kind,
                 name,
                 path: s.path.clone(),
-                address: s.address.clone(),
-                max_size_mb: s.max_size_mb.unwrap_or(100).max(1),
-                keep: s.keep.unwrap_or(5),
+                address: s.address.as_ref().map(|a| a.get_ref().clone()),
+                max_size_mb,
+                keep,
                 buffer_events: buffer,
             });
         }
@@ -304,6 +335,14 @@ impl AgentConfig {
         }
         let mut thresholds = Thresholds::default();
         for (rule, keys) in &raw.rules {
+            if !DEFAULTS.iter().any(|d| d.0 == rule) {
+                let known: Vec<&str> = DEFAULTS.iter().map(|d| d.0).collect();
+                return Err(key_err(
+                    keys.span(),
+                    &format!("rules.{rule}"),
+                    format!("no rule with thresholds; known: {}", known.join(", ")),
+                ));
+            }
             for (key, value) in keys.get_ref() {
                 thresholds.set(rule, key, *value.get_ref()).map_err(|e| {
                     key_err(
@@ -314,15 +353,24 @@ impl AgentConfig {
                 })?;
             }
         }
-        let metrics = raw.metrics.enabled.then(|| raw.metrics.listen.clone());
-        if let Some(listen) = &metrics
-            && listen.parse::<std::net::SocketAddr>().is_err()
+        if let Some(listen) = &raw.metrics.listen
+            && listen.get_ref().parse::<std::net::SocketAddr>().is_err()
         {
-            return Err(ConfigError::Other {
-                path: path.into(),
-                why: format!("metrics.listen: {listen} is not an address:port"),
-            });
+            return Err(key_err(
+                listen.span(),
+                "listen",
+                format!(
+                    "{:?} is not an address:port, e.g. 127.0.0.1:9464",
+                    listen.get_ref()
+                ),
+            ));
         }
+        let metrics = raw.metrics.enabled.then(|| {
+            raw.metrics
+                .listen
+                .as_ref()
+                .map_or_else(|| DEFAULT_METRICS.to_owned(), |l| l.get_ref().clone())
+        });
         Ok(AgentConfig {
             units: raw.watch.units,
             exclude_units: raw.watch.exclude_units,
@@ -434,6 +482,34 @@ after_ms = 5000
             "[[sink]]\nkind = \"tcp\"\naddress = \"a:1\"\n[[sink]]\nkind = \"tcp\"\naddress = \"b:1\"\nname = \"tcp1\"\n",
         );
         assert!(e.to_string().contains("two sinks are named tcp1"), "{e}");
+    }
+
+    #[test]
+    fn values_out_of_range_name_their_key_and_line() {
+        let cases = [
+            (
+                "[[sink]]\nkind = \"file\"\npath = \"/x\"\nmax_size_mb = 0\n",
+                "line 4: max_size_mb:",
+            ),
+            (
+                "[[sink]]\nkind = \"file\"\npath = \"/x\"\nkeep = 100000\n",
+                "line 4: keep:",
+            ),
+            (
+                "[[sink]]\nkind = \"stdout\"\n\nbuffer_events = 0\n",
+                "line 4: buffer_events:",
+            ),
+            (
+                "[[sink]]\nkind = \"tcp\"\naddress = \"logs.example\"\n",
+                "line 3: address:",
+            ),
+            ("[metrics]\nlisten = \"localhost\"\n", "line 2: listen:"),
+            ("[rules.nosuch]\n", "line 1: rules.nosuch:"),
+        ];
+        for (text, want) in cases {
+            let e = err(text).to_string();
+            assert!(e.contains(want), "{want} in {e}");
+        }
     }
 
     #[test]

@@ -228,7 +228,10 @@ fn attach_all(ebpf: &mut Ebpf, give_up: &dyn Fn() -> bool) -> Result<Attached, E
 fn detach_all(links: Vec<TracePointLink>) {
     std::thread::scope(|s| {
         for link in links {
-            s.spawn(move || drop(link));
+            // Without a thread to have, the closure and its link are dropped here and now.
+            if let Err(e) = std::thread::Builder::new().spawn_scoped(s, move || drop(link)) {
+                tracing::debug!("detaching without a thread: {e}");
+            }
         }
     });
 }
@@ -291,14 +294,33 @@ impl Loaded {
             self.detach();
             return;
         }
-        // SAFETY: the child calls only close, read and _exit, which are async-signal-safe, so
-        // forking a multi-threaded process is sound.
+        // Everything but the programs' own fds, for the child to close at once: it must not
+        // keep stdout, stderr, listening sockets or connections open while it detaches.
+        let others: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| {
+                        let n: i32 = fd.file_name().to_str()?.parse().ok()?;
+                        let target = std::fs::read_link(fd.path()).ok()?;
+                        let target = target.to_string_lossy();
+                        let bpf = target.starts_with("anon_inode:bpf")
+                            || target.starts_with("anon_inode:[perf_event]");
+                        (!bpf && n != pipe[0]).then_some(n)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        // SAFETY: the child calls only close, read and _exit, which are async-signal-safe, and
+        // touches no memory but `others` and `byte`, so forking a multi-threaded process is
+        // sound.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             let mut byte = 0u8;
             // SAFETY: see above; `byte` outlives the read.
             unsafe {
-                libc::close(pipe[1]);
+                for &fd in &others {
+                    libc::close(fd);
+                }
                 libc::read(pipe[0], (&raw mut byte).cast(), 1);
                 libc::_exit(0);
             }
@@ -306,13 +328,15 @@ impl Loaded {
         // SAFETY: our own fds, closed once.
         unsafe { libc::close(pipe[0]) };
         if pid < 0 {
+            // SAFETY: our own fd, closed once.
             unsafe { libc::close(pipe[1]) };
             self.detach();
             return;
         }
         drop(std::mem::take(&mut self.links));
         self.ebpf.take();
-        // SAFETY: as above. The child wakes and detaches while this process goes on.
+        // SAFETY: our own fd, closed once. The child wakes and detaches while this process
+        // goes on.
         unsafe { libc::close(pipe[1]) };
     }
 

@@ -2,7 +2,10 @@
 //! selected pids and their children, selected ports); this narrows it to what was asked for.
 use std::collections::HashSet;
 
-use crate::events::{Data, Event};
+use crate::{
+    events::{Data, Event},
+    systemd::resolve::stem,
+};
 
 #[derive(Debug, Default)]
 pub struct Selector {
@@ -45,13 +48,7 @@ impl Selector {
         if self.excluded.is_empty() {
             return false;
         }
-        let stem = |u: &str| {
-            u.strip_suffix(".service")
-                .or_else(|| u.strip_suffix(".socket"))
-                .map(str::to_owned)
-                .unwrap_or_else(|| u.to_owned())
-        };
-        let named = |u: &str| self.excluded.contains(u) || self.excluded.contains(&stem(u));
+        let named = |u: &str| self.excluded.contains(u) || self.excluded.contains(stem(u));
         // An Accept=yes instance goes with its socket unit.
         named(unit) || crate::systemd::template_socket_of(unit).is_some_and(|s| named(&s))
     }

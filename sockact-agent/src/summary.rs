@@ -3,9 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::{
-    detect::context::{Context, listen_fds, time_of, unit_of},
+    detect::context::{Activated, Context, activated, time_of},
     events::{Data, Event, Percentiles, Summary, UnitSummary},
-    systemd::template_socket_of,
 };
 
 /// Accept waits kept per socket unit.
@@ -82,12 +81,13 @@ impl Tally {
                     }
                 }
             }
-            Data::Exec(_) if listen_fds(e).is_some() => {
+            Data::Exec(_) => {
                 // Accept=yes instances count for the service their socket unit is named after.
-                let service = unit_of(e).and_then(|u| match template_socket_of(u) {
-                    Some(socket) => self.ctx.service_of(&socket),
-                    None => Some(u.to_owned()),
-                });
+                let service = match activated(e) {
+                    Some(Activated::Instance(socket)) => self.ctx.service_of(&socket),
+                    Some(Activated::Service(u)) => Some(u.to_owned()),
+                    None => None,
+                };
                 if let Some(u) = service {
                     *self.activations.entry(u).or_default() += 1;
                 }

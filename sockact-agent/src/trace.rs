@@ -33,7 +33,7 @@ use crate::{
     systemd::{
         Catalog, classify,
         client::{Systemd, SystemdError, UnitChange, Watched},
-        resolve::{ResolveError, resolve},
+        resolve::{ResolveError, Resolved, resolve, stem},
     },
 };
 
@@ -147,6 +147,8 @@ struct Session {
     /// unit's under `--unit`, or one that closed unseen. Forgotten at the next look.
     unfollowed: HashSet<u64>,
     tally: Tally,
+    /// The units asked for (`--unit`, the agent's `watch.units`), as last applied.
+    units: Vec<String>,
     received: u64,
     undecodable: u64,
     reported: Reported,
@@ -418,33 +420,40 @@ impl Session {
         Ok(())
     }
 
-    /// Applies new settings while the kernel keeps tracing. A unit that no longer resolves is
-    /// skipped with a warning: a running daemon keeps going.
+    /// Applies new settings while the kernel keeps tracing. When a unit of the new list does
+    /// not resolve, the running units stay (as at start, where it is an error); the rest
+    /// applies. The stream says so with an `agent` `reload` event, and announces the units
+    /// only when their list changed.
     fn reload(&mut self, reload: Reload) -> Result<(), Halt> {
         self.engine.set_thresholds(reload.thresholds);
         self.selector.exclude(&reload.exclude_units);
-        self.selector.clear_units();
-        let catalog = &self.attribution.catalog;
-        let mut resolved = Vec::new();
-        for name in &reload.units {
-            match resolve(name, catalog, |_| false) {
-                Ok(r) => {
-                    self.selector.add_unit(&r.service, &r.sockets);
-                    resolved.extend(catalog.services.get(&r.service).map(service_resolved));
-                    resolved.extend(
-                        r.sockets
-                            .iter()
-                            .map(|name| socket_resolved(&catalog.sockets[name])),
-                    );
+        let mut announce = Vec::new();
+        if reload.units != self.units {
+            let catalog = &self.attribution.catalog;
+            let found: Result<Vec<Resolved>, ResolveError> = reload
+                .units
+                .iter()
+                .map(|name| resolve(name, catalog, |_| false))
+                .collect();
+            match found {
+                Ok(found) => {
+                    self.selector.clear_units();
+                    for r in &found {
+                        announce.extend(select(r, catalog, &mut self.selector));
+                    }
+                    if found.is_empty() {
+                        announce = every_unit(catalog);
+                    }
+                    self.units = reload.units;
                 }
-                Err(e) => tracing::warn!("reload: unit {e}; not watched"),
+                Err(e) => tracing::error!("reload: unit {e}; keeping the running units"),
             }
         }
-        if self.selector.is_empty() {
-            resolved = every_unit(catalog);
-        }
-        tracing::info!(units = reload.units.len(), "reloaded");
-        for unit in resolved {
+        tracing::info!("reloaded");
+        let e = self.agent("reload");
+        let e = self.meta(Data::Agent(e));
+        self.emit(e)?;
+        for unit in announce {
             let e = self.meta(Data::Unit(unit));
             if self.selector.wants(&e, 0) {
                 self.publish(e)?;
@@ -566,11 +575,7 @@ async fn resolve_units(
         let r = match resolve(name, catalog, |_| false) {
             Ok(r) => r,
             Err(ResolveError::Unknown { .. }) => {
-                let stem = name
-                    .strip_suffix(".service")
-                    .or_else(|| name.strip_suffix(".socket"))
-                    .unwrap_or(name);
-                let service = format!("{stem}.service");
+                let service = format!("{}.service", stem(name));
                 let known = client
                     .load(&service)
                     .await
@@ -582,15 +587,26 @@ async fn resolve_units(
             }
             Err(e) => return Err(TraceError::Usage(format!("--unit {e}"))),
         };
-        selector.add_unit(&r.service, &r.sockets);
-        resolved.extend(catalog.services.get(&r.service).map(service_resolved));
-        resolved.extend(
-            r.sockets
-                .iter()
-                .map(|name| socket_resolved(&catalog.sockets[name])),
-        );
+        resolved.extend(select(&r, catalog, selector));
     }
     Ok(resolved)
+}
+
+/// Selects a resolved unit; its `resolved` unit events.
+fn select(r: &Resolved, catalog: &Catalog, selector: &mut Selector) -> Vec<Unit> {
+    selector.add_unit(&r.service, &r.sockets);
+    let mut units: Vec<Unit> = catalog
+        .services
+        .get(&r.service)
+        .map(service_resolved)
+        .into_iter()
+        .collect();
+    units.extend(
+        r.sockets
+            .iter()
+            .map(|name| socket_resolved(&catalog.sockets[name])),
+    );
+    units
 }
 
 /// With no selector, every socket unit and the service it starts, as they are when the trace
@@ -788,6 +804,7 @@ pub async fn run_with(
         closed: Vec::new(),
         unfollowed: HashSet::new(),
         tally: Tally::default(),
+        units: config.units.clone(),
         received: 0,
         undecodable: 0,
         reported: Reported::default(),

@@ -58,14 +58,21 @@ fn traffic(port: u16) -> (Arc<AtomicBool>, thread::JoinHandle<usize>) {
     (stop, handle)
 }
 
+/// The attachments a process holds: BPF links, or perf events where the kernel attaches
+/// programs to them directly.
 fn links_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+    let targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|fds| {
             fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-                .filter(|target| target.to_string_lossy() == "anon_inode:bpf_link")
-                .count()
+                .map(|t| t.to_string_lossy().into_owned())
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default();
+    let count = |kind: &str| targets.iter().filter(|t| *t == kind).count();
+    match count("anon_inode:bpf_link") {
+        0 => count("anon_inode:[perf_event]"),
+        n => n,
+    }
 }
 
 fn spawn_agent(args: &[&str]) -> Child {
@@ -253,6 +260,14 @@ input(type="imrelp" port="{relp}" ruleset="relp")
         }
     }
 
+    /// Stops it reading and acknowledging, as a hung receiver does.
+    fn pause(&self) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
     fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -411,9 +426,12 @@ listen = "127.0.0.1:{metrics_port}"
         String::from_utf8_lossy(&checked.stderr)
     );
 
-    // Mid-stream, the pipeline dies and comes back.
+    // Mid-stream, the pipeline hangs (RELP's window fills with unacknowledged events), dies,
+    // and comes back.
     let (stop, clients) = traffic(c.port(1));
     sleep(Duration::from_secs(2));
+    rsyslog.pause();
+    sleep(Duration::from_millis(1500));
     rsyslog.kill9();
     sleep(Duration::from_secs(3));
     rsyslog.restart();
@@ -443,7 +461,8 @@ listen = "127.0.0.1:{metrics_port}"
     assert_eq!(lost_to(&lines, "sink:relp"), 0);
     assert_eq!(lost_to(&lines, "sink:stdout"), 0);
 
-    // RELP: after the restart nothing is missing (a few may have arrived twice).
+    // RELP: after the restart nothing is missing, the window in flight at the kill included
+    // (a few may have arrived twice).
     let relp = rsyslog.events("relp.ndjson");
     let missing: Vec<u64> = (1..=last).filter(|s| !seqs(&relp).contains(s)).collect();
     assert!(
@@ -540,16 +559,58 @@ fn journald_gets_structured_fields_and_sighup_adds_a_sink_without_losing_events(
         );
         sleep(Duration::from_millis(100));
     }
+    // SIGHUP: echo excluded, while its clients keep coming.
+    write_config(&format!(
+        "\n[[sink]]\nkind = \"file\"\npath = \"{}\"\n\n[watch]\nexclude_units = [\"echo\"]\n",
+        file.display()
+    ));
+    let reloads = |t: &mut Trace| {
+        t.lines()
+            .iter()
+            .filter(|v| v["kind"] == "agent" && v["action"] == "reload")
+            .count()
+    };
+    let before = reloads(&mut agent);
+    agent.signal(libc::SIGHUP);
+    let deadline = Instant::now() + WAIT;
+    while reloads(&mut agent) == before {
+        assert!(Instant::now() < deadline, "no reload event");
+        sleep(Duration::from_millis(50));
+    }
+    sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
-    clients.join().unwrap();
+    let served = clients.join().unwrap();
+    assert!(served > 20, "{served}");
     let lines = agent.stop_with(libc::SIGTERM);
     let written: Vec<u64> = lines.iter().map(|v| v["seq"].as_u64().unwrap()).collect();
     let last = *written.last().unwrap();
     assert_eq!(
         written,
         (1..=last).collect::<Vec<_>>(),
-        "nothing lost across the reload"
+        "nothing lost across the reloads"
     );
+    let excluded_at = lines
+        .iter()
+        .rfind(|v| v["kind"] == "agent" && v["action"] == "reload")
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let about_echo = |v: &Value| {
+        [&v["unit"], &v["socket_unit"]]
+            .iter()
+            .any(|u| u.as_str().is_some_and(|u| u.starts_with("echo.")))
+    };
+    assert!(
+        lines.iter().any(|v| v["seq"].as_u64() < Some(excluded_at)
+            && v["kind"] == "accept"
+            && about_echo(v)),
+        "echo's accepts before"
+    );
+    let after: Vec<&Value> = lines
+        .iter()
+        .filter(|v| v["seq"].as_u64() > Some(excluded_at) && about_echo(v))
+        .collect();
+    assert!(after.is_empty(), "echo after its exclusion: {after:?}");
     let in_file: Vec<Value> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()

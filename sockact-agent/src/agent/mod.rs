@@ -18,8 +18,8 @@ use crate::{
     config::{AgentConfig, ConfigError},
     metrics::{self, http::BindError},
     output::Format,
-    sinks::Sinks,
-    trace::{self, Hooks, Reload, TraceError},
+    sinks::{SinkControl, Sinks},
+    trace::{self, Hooks, Reload, Stop, TraceError},
 };
 
 /// How long the sinks may take to deliver what they hold at exit.
@@ -107,8 +107,12 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let reloader = {
         let args = args.clone();
         tokio::spawn(async move {
-            let mut running = config;
+            let started = config;
             while hup.recv().await.is_some() {
+                // Whatever the file says now: logrotate's postrotate sends this.
+                if sink_control.send(SinkControl::Reopen).await.is_err() {
+                    break;
+                }
                 let next = match args.load() {
                     Ok(c) => c,
                     Err(e) => {
@@ -116,7 +120,7 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                         continue;
                     }
                 };
-                if next.metrics != running.metrics || next.all_processes != running.all_processes {
+                if next.metrics != started.metrics || next.all_processes != started.all_processes {
                     tracing::warn!(
                         "reload: metrics and watch.all_processes change at the next start"
                     );
@@ -127,11 +131,13 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
                     exclude_units: next.exclude_units.clone(),
                 };
                 if reload_tx.send(reload).await.is_err()
-                    || sink_control.send(next.sinks.clone()).await.is_err()
+                    || sink_control
+                        .send(SinkControl::Configure(next.sinks))
+                        .await
+                        .is_err()
                 {
                     break;
                 }
-                running = next;
             }
         })
     };
@@ -142,7 +148,15 @@ pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
     let result = trace::run_with(trace, Box::new(sinks), hooks).await;
     notify("STOPPING=1");
     reloader.abort();
-    tasks.finish(FLUSH_PATIENCE).await;
+    let patience = match result {
+        Ok(Stop::StdoutClosed) => {
+            // A closed stdout ends it within a second, whatever the other sinks hold.
+            tracing::info!("stdout was closed: stopping");
+            Duration::from_millis(500)
+        }
+        _ => FLUSH_PATIENCE,
+    };
+    tasks.finish(patience).await;
     result?;
     Ok(())
 }

@@ -34,7 +34,10 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(agent::run(args)) {
+    let result = runtime.block_on(agent::run(args));
+    // A write stuck in a blocking thread (a stdout nobody reads) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sockact-agent: {e}");

@@ -113,6 +113,25 @@ pub fn listen_fds(e: &Event) -> Option<u64> {
     }
 }
 
+/// What an exec with passed fds activated.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Activated<'a> {
+    /// A service (Accept=no).
+    Service(&'a str),
+    /// An Accept=yes instance of this socket unit.
+    Instance(String),
+}
+
+/// The activation an event is, if it is one: an exec that received fds from systemd.
+pub fn activated(e: &Event) -> Option<Activated<'_>> {
+    listen_fds(e)?;
+    let unit = unit_of(e)?;
+    Some(match crate::systemd::template_socket_of(unit) {
+        Some(socket) => Activated::Instance(socket),
+        None => Activated::Service(unit),
+    })
+}
+
 /// LISTEN_PID of an exec when it is a number.
 pub fn listen_pid(e: &Event) -> Option<u64> {
     match &e.data {

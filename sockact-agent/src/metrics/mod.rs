@@ -9,9 +9,9 @@ use std::{
 };
 
 use crate::{
+    detect::context::{Activated, activated},
     events::{Data, Event},
     sinks::SinkStats,
-    systemd::template_socket_of,
 };
 
 /// Histogram buckets in seconds, from a fast cold start to a stuck restart.
@@ -98,10 +98,14 @@ impl Metrics {
                 }
             }
             Data::Lost(l) => *self.lost.entry(l.cause.clone()).or_default() += l.count,
-            Data::Exec(x) if x.listen_fds.is_some() => {
+            Data::Exec(_) => {
                 // An Accept=yes instance counts for its socket unit.
-                if let Some(unit) = e.process.as_ref().and_then(|p| p.unit.as_deref()) {
-                    let unit = template_socket_of(unit).unwrap_or_else(|| unit.to_owned());
+                let unit = match activated(e) {
+                    Some(Activated::Service(u)) => Some(u.to_owned()),
+                    Some(Activated::Instance(socket)) => Some(socket),
+                    None => None,
+                };
+                if let Some(unit) = unit {
                     *self.activations.entry(unit).or_default() += 1;
                 }
             }
@@ -187,7 +191,7 @@ impl Metrics {
         counter(
             &mut out,
             "sockact_activations_total",
-            "Service starts that received sockets from systemd, by unit.",
+            "Starts that received sockets from systemd, by service (by socket unit for Accept=yes).",
             self.activations
                 .iter()
                 .map(|(u, n)| (vec![("unit", u.clone())], *n as f64))

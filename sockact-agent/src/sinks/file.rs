@@ -49,29 +49,32 @@ async fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
     fs::rename(path, rotated(path, 1)).await
 }
 
-pub async fn run(config: SinkConfig, mut feed: Feed) {
+pub async fn run(config: SinkConfig, feed: Feed) {
     let path = config
         .path
         .clone()
         .expect("checked: a file sink has a path");
-    let max = config.max_size_mb * 1024 * 1024;
+    write_rotating(&path, config.max_size_mb * 1024 * 1024, config.keep, feed).await;
+}
+
+/// Appends every batch to `path`, rotating before a batch would take it past `max` bytes.
+async fn write_rotating(path: &Path, max: u64, keep: u32, mut feed: Feed) {
     let mut current: Option<Open> = None;
     while let Some((bytes, lines)) = batch(&mut feed.rx).await {
         if feed.stats.reopen.swap(false, Ordering::Relaxed) {
             current = None;
         }
         let result = async {
-            if current
-                .as_ref()
-                .is_some_and(|o| o.size > 0 && o.size + bytes.len() as u64 > max)
-            {
+            if current.is_none() {
+                current = Some(open(path).await?);
+            }
+            let full = |o: &Open| o.size > 0 && o.size + bytes.len() as u64 > max;
+            if current.as_ref().is_some_and(full) {
                 if let Some(mut o) = current.take() {
                     o.file.flush().await?;
                 }
-                rotate(&path, config.keep).await?;
-            }
-            if current.is_none() {
-                current = Some(open(&path).await?);
+                rotate(path, keep).await?;
+                current = Some(open(path).await?);
             }
             let o = current.as_mut().expect("opened");
             o.file.write_all(&bytes).await?;
@@ -80,15 +83,11 @@ pub async fn run(config: SinkConfig, mut feed: Feed) {
             Ok::<_, std::io::Error>(())
         };
         match result.await {
-            Ok(()) => {
-                feed.stats.working(&feed.name);
-                feed.stats.delivered.fetch_add(lines, Ordering::Relaxed);
-            }
+            Ok(()) => feed.delivered(lines),
             Err(e) => {
                 current = None;
-                feed.stats
-                    .failed(&feed.name, &format!("writing {}", path.display()), &e);
                 feed.stats.drop_events(lines);
+                feed.failed(&format!("writing {}", path.display()), &e);
             }
         }
     }
@@ -97,6 +96,68 @@ pub async fn run(config: SinkConfig, mut feed: Feed) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{config::AgentConfig, output::Emit, sinks::Sinks};
+
+    #[tokio::test]
+    async fn the_sink_rotates_by_size_and_reopens_a_moved_file() {
+        let dir = std::env::temp_dir().join(format!("sockact-file-sink-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.ndjson");
+        let config = AgentConfig::parse(
+            &format!(
+                "[[sink]]\nkind = \"file\"\npath = \"{}\"\nmax_size_mb = 1\nkeep = 2\n",
+                path.display()
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let events: Vec<crate::events::Event> =
+            include_str!("../../../tests/fixtures/restart_gap.ndjson")
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        let (mut sinks, _control, tasks) = Sinks::start(&config.sinks);
+        let stats = sinks.stats().lock().unwrap()[0].1.clone();
+        // Many rounds of the recording, over a megabyte in all.
+        let mut written = 0u64;
+        while written < 1_500_000 {
+            for e in &events {
+                written += crate::sinks::Line::encode(e).unwrap().json.len() as u64;
+                sinks.emit(e.clone()).unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+        let emitted = sinks.lines_written();
+        while stats.delivered.load(Ordering::Relaxed) < emitted {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let lines_of =
+            |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count() as u64);
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let old = rotated(&path, 1);
+        assert!(
+            size(&old) > 0 && size(&old) <= 1024 * 1024,
+            "{}",
+            size(&old)
+        );
+        assert!(size(&path) <= 1024 * 1024, "{}", size(&path));
+        assert_eq!(
+            lines_of(&old) + lines_of(&path),
+            emitted,
+            "every line in one of the two"
+        );
+        assert_eq!(stats.dropped.load(Ordering::Relaxed), 0);
+
+        // logrotate moved it away; SIGHUP sets reopen: the next lines go to a new file.
+        std::fs::rename(&path, dir.join("moved")).unwrap();
+        stats.reopen.store(true, Ordering::Relaxed);
+        sinks.emit(events[0].clone()).unwrap();
+        drop(sinks);
+        tasks.finish(std::time::Duration::from_secs(2)).await;
+        assert_eq!(lines_of(&path), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[tokio::test]
     async fn rotation_keeps_the_newest_files() {

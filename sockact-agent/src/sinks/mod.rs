@@ -111,21 +111,15 @@ impl Stats {
     fn drop_events(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
     }
+}
 
-    /// A write or connect failed: counted, logged at the first failure of an outage.
-    fn failed(&self, name: &str, what: &str, e: &dyn std::fmt::Display) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-        if self.healthy.swap(false, Ordering::Relaxed) {
-            tracing::warn!("sink {name}: {what}: {e}; events wait in its buffer and are retried");
-        }
-    }
-
-    /// It works (again).
-    fn working(&self, name: &str) {
-        if !self.healthy.swap(true, Ordering::Relaxed) {
-            tracing::info!("sink {name}: working");
-        }
-    }
+/// What becomes of events while a sink is failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outage {
+    /// They wait in its buffer until it reconnects (TCP, unix, RELP).
+    Wait,
+    /// Each one it cannot write is dropped and counted (stdout, file, journald).
+    Drop,
 }
 
 /// How the task of a sink receives events, and learns that the agent is stopping (then it
@@ -134,10 +128,36 @@ pub struct Feed {
     pub rx: mpsc::Receiver<Arc<Line>>,
     pub stats: Arc<Stats>,
     pub name: String,
+    outage: Outage,
     give_up: watch::Receiver<bool>,
 }
 
 impl Feed {
+    /// A write or connect failed: counted, and logged at the first failure of an outage.
+    pub fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if self.stats.healthy.swap(false, Ordering::Relaxed) {
+            let then = match self.outage {
+                Outage::Wait => "events wait in its buffer until it reconnects",
+                Outage::Drop => "what cannot be written is dropped and counted",
+            };
+            tracing::warn!("sink {}: {what}: {e}; {then}", self.name);
+        }
+    }
+
+    /// It works (again).
+    pub fn working(&self) {
+        if !self.stats.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("sink {}: working again", self.name);
+        }
+    }
+
+    /// `n` events were delivered.
+    pub fn delivered(&self, n: u64) {
+        self.working();
+        self.stats.delivered.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Whether the agent gave up waiting for this sink.
     pub fn giving_up(&self) -> bool {
         *self.give_up.borrow()
@@ -185,6 +205,37 @@ pub async fn batch(rx: &mut mpsc::Receiver<Arc<Line>>) -> Option<(Vec<u8>, u64)>
 /// How long a connection attempt may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connects, again and again with [`Backoff`], until it works; `None` once the agent gives up
+/// waiting at exit.
+pub async fn reconnect<T, E, F>(
+    feed: &mut Feed,
+    backoff: &mut Backoff,
+    peer: &str,
+    mut connect: impl FnMut() -> F,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: std::future::Future<Output = Result<T, E>>,
+{
+    loop {
+        if feed.giving_up() {
+            return None;
+        }
+        match connect().await {
+            Ok(c) => {
+                feed.working();
+                backoff.reset();
+                return Some(c);
+            }
+            Err(e) => {
+                feed.failed(&format!("connecting to {peer}"), &e);
+                let wait = backoff.wait();
+                feed.pause(wait).await;
+            }
+        }
+    }
+}
+
 /// Reconnection delays: 100 ms doubling to 5 s, back to 100 ms once connected.
 #[derive(Debug)]
 pub struct Backoff {
@@ -223,8 +274,16 @@ struct Sink {
     lost_since: String,
 }
 
-/// New sink settings (SIGHUP): unchanged sinks keep running, the others are replaced.
-pub type SinksControl = mpsc::Sender<Vec<SinkConfig>>;
+/// What SIGHUP asks of the sinks.
+#[derive(Debug)]
+pub enum SinkControl {
+    /// Files are reopened (after logrotate moved them), whatever the configuration says.
+    Reopen,
+    /// New settings: unchanged sinks keep running, the others are replaced.
+    Configure(Vec<SinkConfig>),
+}
+
+pub type SinksControl = mpsc::Sender<SinkControl>;
 
 /// A sink's task, by the sink's name.
 type NamedTask = (String, JoinHandle<()>);
@@ -243,21 +302,19 @@ impl SinkTasks {
         let deadline = Instant::now() + patience;
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
         let mut late = Vec::new();
+        // The deadline is shared: every sink has the same `patience`, not one after another.
         for (name, mut task) in tasks {
-            match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(_) => {}
-                Err(_) => late.push((name, task)),
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                late.push((name, task));
             }
         }
         if late.is_empty() {
             return;
         }
         let _ = self.give_up.send(true);
+        let last = Instant::now() + Duration::from_secs(1);
         for (name, task) in late {
-            if tokio::time::timeout(Duration::from_secs(1), task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(last, task).await.is_err() {
                 tracing::warn!("sink {name}: still busy at exit");
             }
         }
@@ -269,7 +326,7 @@ pub struct Sinks {
     sinks: Vec<Sink>,
     seq: u64,
     tasks: SinkTasks,
-    control: mpsc::Receiver<Vec<SinkConfig>>,
+    control: mpsc::Receiver<SinkControl>,
     observers: Vec<Observer>,
     /// Every sink's name and counters, as the metrics read them.
     shared: SinkStats,
@@ -334,6 +391,10 @@ impl Sinks {
             rx,
             stats: stats.clone(),
             name: config.name.clone(),
+            outage: match config.kind {
+                SinkKind::Tcp | SinkKind::Unix | SinkKind::Relp => Outage::Wait,
+                SinkKind::Stdout | SinkKind::File | SinkKind::Journald => Outage::Drop,
+            },
             give_up: self.tasks.give_up.subscribe(),
         };
         let task = match config.kind {
@@ -358,17 +419,12 @@ impl Sinks {
     }
 
     /// Applies new sink settings: a sink whose settings did not change keeps its queue and
-    /// connection (a file sink reopens its file); a removed sink delivers what it holds and
-    /// stops.
+    /// connection; a removed sink delivers what it holds and stops.
     fn reconfigure(&mut self, configs: Vec<SinkConfig>) {
         let mut old = std::mem::take(&mut self.sinks);
         for c in configs {
             match old.iter().position(|s| s.config == c) {
-                Some(i) => {
-                    let kept = old.remove(i);
-                    kept.stats.reopen.store(true, Ordering::Relaxed);
-                    self.sinks.push(kept);
-                }
+                Some(i) => self.sinks.push(old.remove(i)),
                 None => {
                     tracing::info!("sink {}: started", c.name);
                     let sink = self.spawn(c);
@@ -392,13 +448,18 @@ impl Emit for Sinks {
         }
         let line = Arc::new(Line::encode(&event)?);
         for s in &self.sinks {
-            if s.tx.try_send(line.clone()).is_err() {
+            if let Err(e) = s.tx.try_send(line.clone()) {
                 if s.stats.dropped.load(Ordering::Relaxed) == s.reported {
-                    tracing::warn!(
-                        "sink {}: its buffer of {} events is full; dropping until it drains",
-                        s.config.name,
-                        s.config.buffer_events
-                    );
+                    match e {
+                        mpsc::error::TrySendError::Full(_) => tracing::warn!(
+                            "sink {}: its buffer of {} events is full; dropping until it drains",
+                            s.config.name,
+                            s.config.buffer_events
+                        ),
+                        mpsc::error::TrySendError::Closed(_) => {
+                            tracing::warn!("sink {}: stopped; dropping", s.config.name)
+                        }
+                    }
                 }
                 s.stats.drop_events(1);
             }
@@ -423,8 +484,15 @@ impl Emit for Sinks {
     }
 
     fn due(&mut self) -> Vec<Data> {
-        if let Ok(configs) = self.control.try_recv() {
-            self.reconfigure(configs);
+        while let Ok(control) = self.control.try_recv() {
+            match control {
+                SinkControl::Reopen => {
+                    for s in &self.sinks {
+                        s.stats.reopen.store(true, Ordering::Relaxed);
+                    }
+                }
+                SinkControl::Configure(configs) => self.reconfigure(configs),
+            }
         }
         let mut out = Vec::new();
         for s in &mut self.sinks {

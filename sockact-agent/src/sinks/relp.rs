@@ -2,11 +2,11 @@
 //! command the server acknowledges once it has taken it. Events not acknowledged when the
 //! connection breaks are sent again on the next one, so a pipeline restart loses nothing (a
 //! few may arrive twice; `seq` tells).
-use std::{collections::VecDeque, sync::Arc, sync::atomic::Ordering, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Backoff, Feed, Line, stream};
+use super::{Backoff, Feed, Line, reconnect, stream};
 use crate::config::SinkConfig;
 
 /// Events sent and not yet acknowledged, at most.
@@ -141,41 +141,63 @@ fn next_txnr(t: u32) -> u32 {
 
 const OFFERS: &str = "relp_version=0\nrelp_software=sockact\ncommands=syslog";
 
+/// How long acknowledgements may keep us waiting before the connection counts as dead (a hung
+/// server, a half-open connection); librelp's own default is 90 s.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections an event may be in flight on when they break, before it counts as lost: one
+/// the server drops the session for (too large, say) must not block every later one.
+const MAX_ATTEMPTS: u8 = 3;
+
+/// An event sent, not yet acknowledged, and on how many connections it was.
+struct Pending {
+    line: Arc<Line>,
+    attempts: u8,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub async fn run(config: SinkConfig, mut feed: Feed) {
     let peer = stream::target(&config);
     let pid = std::process::id();
     let mut backoff = Backoff::default();
-    // Sent on a connection that broke before the server acknowledged them.
-    let mut unacked: VecDeque<Arc<Line>> = VecDeque::new();
+    // Sent on connections that broke before the server acknowledged them.
+    let mut unacked: VecDeque<Pending> = VecDeque::new();
     let mut closed = false;
     loop {
-        if feed.giving_up() {
+        let Some(mut session) =
+            reconnect(&mut feed, &mut backoff, &peer, || Session::open(&config)).await
+        else {
             feed.abandon(unacked.len() as u64);
             return;
-        }
-        let session = Session::open(&config).await;
-        let mut session = match session {
-            Ok(s) => {
-                feed.stats.working(&feed.name);
-                backoff.reset();
-                s
-            }
-            Err(e) => {
-                feed.stats
-                    .failed(&feed.name, &format!("connecting to {peer}"), &e);
-                let wait = backoff.wait();
-                feed.pause(wait).await;
-                continue;
-            }
         };
-        let broke = session
+        match session
             .pump(&mut feed, &mut unacked, &mut closed, pid)
-            .await;
-        match broke {
+            .await
+        {
             Ok(()) => return,
-            Err(e) => feed.stats.failed(&feed.name, &peer, &e),
+            Err(e) => {
+                feed.failed(&peer, &e);
+                give_up_on_poison(&mut unacked, &feed);
+            }
         }
     }
+}
+
+/// Events that were in flight on [`MAX_ATTEMPTS`] broken connections are lost.
+fn give_up_on_poison(unacked: &mut VecDeque<Pending>, feed: &Feed) {
+    let before = unacked.len();
+    unacked.retain(|p| {
+        let keep = p.attempts < MAX_ATTEMPTS;
+        if !keep {
+            tracing::warn!(
+                "sink {}: event {} was in flight on {MAX_ATTEMPTS} connections that broke; dropped",
+                feed.name,
+                p.line.seq
+            );
+        }
+        keep
+    });
+    feed.stats.drop_events((before - unacked.len()) as u64);
 }
 
 enum Step {
@@ -189,14 +211,12 @@ struct Session {
     writer: tokio::io::WriteHalf<std::pin::Pin<Box<dyn stream::Conn>>>,
     buf: Vec<u8>,
     txnr: u32,
-    /// Sent, waiting for the answer: (transaction, event).
-    inflight: VecDeque<(u32, Arc<Line>)>,
+    /// Sent on this connection, waiting for the answer: transaction, event.
+    inflight: VecDeque<(u32, Pending)>,
 }
 
 impl Session {
-    async fn open(
-        config: &SinkConfig,
-    ) -> Result<Session, Box<dyn std::error::Error + Send + Sync>> {
+    async fn open(config: &SinkConfig) -> Result<Session, BoxError> {
         let conn = stream::connect(config).await?;
         let (reader, writer) = tokio::io::split(conn);
         let mut s = Session {
@@ -221,7 +241,7 @@ impl Session {
     }
 
     /// The next frame from the server.
-    async fn answer(&mut self) -> Result<Frame, Box<dyn std::error::Error + Send + Sync>> {
+    async fn answer(&mut self) -> Result<Frame, BoxError> {
         loop {
             if let Some(f) = Frame::take(&mut self.buf)? {
                 if f.command == "serverclose" {
@@ -238,29 +258,40 @@ impl Session {
         }
     }
 
-    async fn send(&mut self, line: Arc<Line>, pid: u32) -> std::io::Result<()> {
+    /// The next answer, while events are in flight: one that does not come in
+    /// [`ACK_TIMEOUT`] means the connection is dead.
+    async fn acknowledgement(&mut self) -> Result<Frame, BoxError> {
+        if self.inflight.is_empty() {
+            return self.answer().await;
+        }
+        tokio::time::timeout(ACK_TIMEOUT, self.answer())
+            .await
+            .map_err(|_| RelpError::Timeout(ACK_TIMEOUT))?
+    }
+
+    async fn send(&mut self, mut pending: Pending, pid: u32) -> std::io::Result<()> {
         let txnr = self.txnr;
         self.txnr = next_txnr(txnr);
-        let frame = Frame::encode(txnr, "syslog", &syslog_message(&line, pid));
-        self.inflight.push_back((txnr, line));
+        let frame = Frame::encode(txnr, "syslog", &syslog_message(&pending.line, pid));
+        pending.attempts += 1;
+        self.inflight.push_back((txnr, pending));
         self.writer.write_all(&frame).await
     }
 
     /// Sends what was not acknowledged before, then the queue, until the queue is closed and
     /// everything is acknowledged (Ok) or the connection breaks (Err: what it did not
-    /// acknowledge is back in `unacked`).
+    /// acknowledge is back in `unacked`, in order).
     async fn pump(
         &mut self,
         feed: &mut Feed,
-        unacked: &mut VecDeque<Arc<Line>>,
+        unacked: &mut VecDeque<Pending>,
         closed: &mut bool,
         pid: u32,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ) -> Result<(), BoxError> {
         let result = self.pump_inner(feed, unacked, closed, pid).await;
         if result.is_err() {
-            // In order, before anything still queued.
-            for (_, line) in self.inflight.drain(..).rev() {
-                unacked.push_front(line);
+            for (_, pending) in self.inflight.drain(..).rev() {
+                unacked.push_front(pending);
             }
         }
         result
@@ -269,15 +300,24 @@ impl Session {
     async fn pump_inner(
         &mut self,
         feed: &mut Feed,
-        unacked: &mut VecDeque<Arc<Line>>,
+        unacked: &mut VecDeque<Pending>,
         closed: &mut bool,
         pid: u32,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        while let Some(line) = unacked.pop_front() {
-            self.send(line, pid).await?;
+    ) -> Result<(), BoxError> {
+        while let Some(pending) = unacked.pop_front() {
+            self.send(pending, pid).await?;
             while self.inflight.len() >= WINDOW {
-                let f = self.answer().await?;
-                self.settle(f, feed);
+                let step = tokio::select! {
+                    answer = self.acknowledgement() => Step::Answer(answer?),
+                    _ = feed.give_up.wait_for(|g| *g) => Step::GiveUp,
+                };
+                match step {
+                    Step::Answer(f) => self.settle(f, feed),
+                    _ => {
+                        self.abandon(feed, unacked);
+                        return Ok(());
+                    }
+                }
             }
         }
         loop {
@@ -292,21 +332,27 @@ impl Session {
             let room = self.inflight.len() < WINDOW && !*closed;
             let step = tokio::select! {
                 next = feed.rx.recv(), if room => Step::Queued(next),
-                answer = self.answer() => Step::Answer(answer?),
+                answer = self.acknowledgement() => Step::Answer(answer?),
                 _ = feed.give_up.wait_for(|g| *g), if *closed => Step::GiveUp,
             };
             match step {
-                Step::Queued(Some(line)) => self.send(line, pid).await?,
+                Step::Queued(Some(line)) => self.send(Pending { line, attempts: 0 }, pid).await?,
                 Step::Queued(None) => *closed = true,
                 Step::Answer(f) => self.settle(f, feed),
                 Step::GiveUp => {
-                    // Giving up at exit: what is not acknowledged is lost.
-                    feed.abandon(self.inflight.len() as u64);
-                    self.inflight.clear();
+                    self.abandon(feed, unacked);
                     return Ok(());
                 }
             }
         }
+    }
+
+    /// Giving up at exit: what is not acknowledged is lost.
+    fn abandon(&mut self, feed: &mut Feed, unacked: &mut VecDeque<Pending>) {
+        let n = self.inflight.len() + unacked.len();
+        self.inflight.clear();
+        unacked.clear();
+        feed.abandon(n as u64);
     }
 
     /// Settles the event an answer acknowledges.
@@ -317,15 +363,15 @@ impl Session {
         let Some(i) = self.inflight.iter().position(|(t, _)| *t == f.txnr) else {
             return;
         };
-        let (_, line) = self.inflight.remove(i).expect("found");
+        let (_, pending) = self.inflight.remove(i).expect("found");
         if f.status() == Some(200) {
-            feed.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            feed.delivered(1);
         } else {
             feed.stats.drop_events(1);
             tracing::warn!(
                 "sink {}: the server refused event {}: {}",
                 feed.name,
-                line.seq,
+                pending.line.seq,
                 String::from_utf8_lossy(&f.data)
             );
         }

@@ -13,9 +13,7 @@ pub async fn run(mut feed: Feed) {
             out.flush().await
         };
         match written.await {
-            Ok(()) => {
-                feed.stats.delivered.fetch_add(lines, Ordering::Relaxed);
-            }
+            Ok(()) => feed.delivered(lines),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                 // The reader is gone: the agent stops (Sinks::closed).
                 feed.stats.closed.store(true, Ordering::Relaxed);
@@ -24,8 +22,8 @@ pub async fn run(mut feed: Feed) {
                 return;
             }
             Err(e) => {
-                feed.stats.failed(&feed.name, "writing", &e);
                 feed.stats.drop_events(lines);
+                feed.failed("writing", &e);
             }
         }
     }

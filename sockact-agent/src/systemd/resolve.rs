@@ -27,7 +27,8 @@ fn suggest(closest: &[String]) -> String {
 }
 
 /// Strips `.socket`/`.service`: the name a user would type.
-fn stem(name: &str) -> &str {
+/// A unit name without its `.socket` or `.service` suffix.
+pub fn stem(name: &str) -> &str {
     name.strip_suffix(".socket")
         .or_else(|| name.strip_suffix(".service"))
         .unwrap_or(name)
