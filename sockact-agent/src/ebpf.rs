@@ -126,7 +126,10 @@ pub struct Counters {
 /// whose reader went away does not wait for the verifier.
 pub fn load(opts: &LoadOptions, give_up: &dyn Fn() -> bool) -> Result<Loaded, EbpfError> {
     let mut loader = EbpfLoader::new();
+    // The programs read kernel structs at offsets computed here (OFFSETS), never through CO-RE
+    // relocations: the kernel's BTF need not be parsed a second time.
     loader
+        .btf(None)
         .override_global(names::FILTER, &opts.filter, true)
         .override_global(names::OFFSETS, &opts.offsets, true)
         .map_max_entries(names::EVENTS, RING_BYTES);
@@ -257,9 +260,26 @@ fn attach_one(
     tp.take_link(id).map_err(|e| error_chain(&e))
 }
 
-/// An error and its sources on one line (a verifier log is long: the first line of each).
+/// An error and its sources on one line. A verifier log is long: its first line and the
+/// verifier's verdict, the last line before its statistics.
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let first = |s: String| s.lines().next().unwrap_or_default().to_owned();
+    let first = |s: String| {
+        let head = s.lines().next().unwrap_or_default().to_owned();
+        let verdict = s
+            .lines()
+            .collect::<Vec<_>>()
+            .into_iter()
+            .skip(1)
+            .rev()
+            .find(|l| {
+                let l = l.trim();
+                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+            });
+        match verdict {
+            Some(v) => format!("{head} ... {}", v.trim()),
+            None => head,
+        }
+    };
     let mut text = first(e.to_string());
     let mut source = e.source();
     while let Some(s) = source {
@@ -433,5 +453,30 @@ impl std::os::fd::AsRawFd for Loaded {
     /// The ring buffer's fd: readable when records are waiting.
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.ring.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error(
+        "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier output: {0}"
+    )]
+    struct Rejected(&'static str);
+
+    #[test]
+    fn a_verifier_rejection_shows_its_verdict_on_the_line() {
+        // The shape of a real log: the first instruction, then the verdict, then statistics.
+        let log = "0: R1=ctx() R10=fp0\n; let envp = arg(ctx, 2 + shift)?;\n\
+                   12: (79) r1 = *(u64 *)(r6 +0)\n\
+                   dereference of modified ctx ptr R6 off=24 disallowed\n\
+                   processed 27 insns (limit 1000000) max_states_per_insn 0\n";
+        assert_eq!(
+            error_chain(&Rejected(log)),
+            "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier \
+             output: 0: R1=ctx() R10=fp0 ... dereference of modified ctx ptr R6 off=24 disallowed"
+        );
     }
 }

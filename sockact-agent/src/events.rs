@@ -356,6 +356,9 @@ pub struct Agent {
     /// On stop: of those, the ones that found the ring buffer full.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub lost: Option<u64>,
+    /// On stop: the records read from the ring buffer; received + lost = submitted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub received: Option<u64>,
 }
 
 /// The verdict of `sockact-trace verify` on one unit (DESIGN.md, "sockact-trace verify").

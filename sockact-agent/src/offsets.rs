@@ -2,7 +2,7 @@
 //! files: aya's Rust eBPF has no CO-RE relocations, so the programs get these as a global.
 use std::path::Path;
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use sockact_common::KernelOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -45,10 +45,15 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self, OffsetError> {
-        let btf = Btf::from_file(path).map_err(|source| OffsetError::Btf {
-            path: path.display().to_string(),
-            source,
-        })?;
+        // Mapped, parsed only where looked up: the few structs the programs need, not the
+        // whole kernel's types (much faster to start and far less memory). A file that cannot
+        // be mapped (older kernels' sysfs) is read whole.
+        let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+            .or_else(|_| Btf::from_file(path))
+            .map_err(|source| OffsetError::Btf {
+                path: path.display().to_string(),
+                source,
+            })?;
         Ok(KernelBtf { btf })
     }
 

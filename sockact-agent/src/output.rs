@@ -158,6 +158,7 @@ mod tests {
                 failed: None,
                 submitted: None,
                 lost: None,
+                received: None,
             }),
             process: None,
         }

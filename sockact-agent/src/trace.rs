@@ -42,6 +42,9 @@ const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often counters are checked, a quiet stream flushed and a closed stdout noticed.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the ring buffer is drained. Records do not wake the reader one by one (the kernel
+/// side wakes it only when the ring buffer fills up): this is their latency, at most.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// How often the kernel's loss counters are turned into `lost` events.
 const LOST_EVERY: Duration = Duration::from_secs(1);
 
@@ -149,6 +152,8 @@ struct Session {
     tally: Tally,
     /// The units asked for (`--unit`, the agent's `watch.units`), as last applied.
     units: Vec<String>,
+    /// Every kernel record as it came, for fixtures (`SOCKACT_RECORD_RECORDS=DIR`).
+    raw: Option<RawRecorder>,
     received: u64,
     undecodable: u64,
     reported: Reported,
@@ -175,6 +180,7 @@ impl Session {
             failed: None,
             submitted: None,
             lost: None,
+            received: None,
         }
     }
 
@@ -187,6 +193,9 @@ impl Session {
     fn drain(&mut self, loaded: &mut Loaded) -> Result<(), Halt> {
         while let Some(item) = loaded.ring.next() {
             self.received += 1;
+            if let Some(raw) = &mut self.raw {
+                raw.keep(&item);
+            }
             match decode::parse(&item) {
                 Ok(record) => {
                     drop(item);
@@ -735,6 +744,40 @@ fn check_pids(pids: &[u32]) -> Result<(), TraceError> {
     }
 }
 
+/// Writes every kernel record to `DIR/records-PID.bin` (see [`decode::recorded`]): the
+/// benchmarks' and fuzzers' inputs come from real runs.
+struct RawRecorder {
+    out: io::BufWriter<std::fs::File>,
+}
+
+impl RawRecorder {
+    fn from_env() -> Option<RawRecorder> {
+        let dir = PathBuf::from(std::env::var_os("SOCKACT_RECORD_RECORDS")?);
+        let path = dir.join(format!("records-{}.bin", std::process::id()));
+        match std::fs::File::create(&path) {
+            Ok(f) => Some(RawRecorder {
+                out: io::BufWriter::new(f),
+            }),
+            Err(e) => {
+                tracing::warn!("not recording records to {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    fn keep(&mut self, record: &[u8]) {
+        use std::io::Write;
+        let len = (record.len() as u32).to_le_bytes();
+        if let Err(e) = self
+            .out
+            .write_all(&len)
+            .and_then(|()| self.out.write_all(record))
+        {
+            tracing::warn!("recording records: {e}");
+        }
+    }
+}
+
 /// What an embedding program (the agent) adds to a session.
 #[derive(Default)]
 pub struct Hooks {
@@ -805,6 +848,7 @@ pub async fn run_with(
         unfollowed: HashSet::new(),
         tally: Tally::default(),
         units: config.units.clone(),
+        raw: RawRecorder::from_env(),
         received: 0,
         undecodable: 0,
         reported: Reported::default(),
@@ -852,11 +896,7 @@ pub async fn run_with(
     let existing = snapshot(&session.attribution.catalog, &mut loaded)?;
     let (changes_tx, mut changes) = mpsc::channel(256);
     if let Some(client) = client {
-        tokio::spawn(async move {
-            if let Err(e) = client.watch(changes_tx).await {
-                tracing::warn!("no more unit changes: {e}");
-            }
-        });
+        tokio::spawn(crate::systemd::follow::follow(client, changes_tx));
     }
     let mut attached = session.agent("attached");
     attached.attached = Some(loaded.attached.clone());
@@ -943,6 +983,8 @@ async fn read_loop(
 ) -> Halt {
     let deadline = duration.map(|d| Instant::now() + d);
     let mut tick = tokio::time::interval(TICK);
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_lost_check = Instant::now();
     loop {
         let until_deadline = async {
@@ -960,6 +1002,7 @@ async fn read_loop(
                 }
                 Err(e) => Err(Halt::Fail(TraceError::Ring(e))),
             },
+            _ = drain.tick() => session.drain(ring.get_mut()),
             _ = tick.tick() => {
                 let loaded = ring.get_mut();
                 let mut r = session.drain(loaded).and_then(|()| session.tick(loaded));
@@ -1004,6 +1047,7 @@ async fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Halt> 
     let mut stop = session.agent("stop");
     stop.submitted = Some(counters.submitted);
     stop.lost = Some(counters.lost);
+    stop.received = Some(session.received);
     tracing::debug!(
         received = session.received,
         submitted = counters.submitted,

@@ -23,6 +23,13 @@ pub fn watched(tgid: u32) -> Option<bool> {
     Some(cfg.all != 0 || WATCHED.get_ptr(&tgid).is_some())
 }
 
+/// Whether `--port` selected any port: only then is an unwatched process's syscall worth
+/// reading its arguments for.
+#[inline(always)]
+pub fn any_port_selected() -> bool {
+    FILTER.load().ports != 0
+}
+
 /// A systemd manager binding or listening for a socket unit: PID 1 of a namespace or
 /// `systemd --user` (comm "systemd"), or its `(sd-listen)` helper.
 #[inline(always)]

@@ -11,11 +11,11 @@ use aya_ebpf::helpers::{
     },
 };
 use sockact_common::{
-    KernelOffsets, QueueRecord, RECORD_VERSION, RecordHeader, RecordKind, SOCKADDR_MAX,
-    SockAddrRaw, SockInfo, sock_flags,
+    QueueRecord, RECORD_VERSION, RecordHeader, RecordKind, SOCKADDR_MAX, SockAddrRaw, SockInfo,
+    sock_flags,
 };
 
-use crate::maps::{OFFSETS, WATCHED};
+use crate::maps::WATCHED;
 
 const AF_UNIX: u16 = 1;
 const AF_INET: u16 = 2;
@@ -42,10 +42,26 @@ unsafe fn read_ptr(base: *const u8, off: u32) -> Option<*const u8> {
     if p.is_null() { None } else { Some(p) }
 }
 
+/// One member offset, read from the table the loader set, by itself: `Global::load` would copy
+/// the whole table (a load and a store per member) on every call, on paths that run for every
+/// packet. Volatile, so that the compiler cannot fold in the table's value before loading.
+macro_rules! off {
+    ($field:ident) => {{
+        let table =
+            core::ptr::addr_of!($crate::maps::OFFSETS).cast::<sockact_common::KernelOffsets>();
+        // SAFETY: `Global<T>` is repr(transparent) over `MaybeUninit<T>`, itself over `T`.
+        #[allow(unused_unsafe)]
+        let value = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*table).$field)) };
+        value
+    }};
+}
+pub(crate) use off;
+
+/// Whether the loader set the offsets (`Some(())`), so that `off!` reads mean something.
 #[inline(always)]
-pub fn offsets() -> Option<KernelOffsets> {
-    let o = OFFSETS.load();
-    if o.valid == 0 { None } else { Some(o) }
+pub fn offsets() -> Option<()> {
+    let valid: u32 = off!(valid);
+    if valid == 0 { None } else { Some(()) }
 }
 
 #[inline(always)]
@@ -73,15 +89,15 @@ pub fn fill_header(h: &mut RecordHeader, kind: RecordKind, size: usize, pid_tgid
     h.ns_pid = 0;
     // SAFETY: points at a live map value.
     h.watch = WATCHED.get_ptr(&h.pid).map(|b| unsafe { *b }).unwrap_or(0);
-    if let Some(o) = offsets() {
+    if let Some(()) = offsets() {
         let task = current_task();
         // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
         unsafe {
-            if let Some(parent) = read_ptr(task, o.task_real_parent) {
-                h.ppid = read::<u32>(parent, o.task_tgid).unwrap_or(0);
+            if let Some(parent) = read_ptr(task, off!(task_real_parent)) {
+                h.ppid = read::<u32>(parent, off!(task_tgid)).unwrap_or(0);
             }
-            if let Some(leader) = read_ptr(task, o.task_group_leader) {
-                h.ns_pid = ns_pid_of(leader, &o).unwrap_or(0);
+            if let Some(leader) = read_ptr(task, off!(task_group_leader)) {
+                h.ns_pid = ns_pid_of(leader).unwrap_or(0);
             }
         }
     }
@@ -114,14 +130,17 @@ pub fn now_ns() -> u64 {
 
 /// The task's PID as its own PID namespace sees it.
 #[inline(always)]
-unsafe fn ns_pid_of(task: *const u8, o: &KernelOffsets) -> Option<u32> {
+unsafe fn ns_pid_of(task: *const u8) -> Option<u32> {
     unsafe {
-        let pid = read_ptr(task, o.task_thread_pid)?;
-        let level: u32 = read(pid, o.pid_level)?;
+        let pid = read_ptr(task, off!(task_thread_pid))?;
+        let level: u32 = read(pid, off!(pid_level))?;
         if level > MAX_PID_LEVEL {
             return None;
         }
-        read(pid, o.pid_numbers + level * o.upid_size + o.upid_nr)
+        read(
+            pid,
+            off!(pid_numbers) + level * off!(upid_size) + off!(upid_nr),
+        )
     }
 }
 
@@ -130,23 +149,23 @@ unsafe fn ns_pid_of(task: *const u8, o: &KernelOffsets) -> Option<u32> {
 #[inline(always)]
 pub fn read_cgroup_name<const N: usize>(dst: &mut [u8; N]) {
     dst[0] = 0;
-    let Some(o) = offsets() else { return };
-    if o.task_cgroups == 0 {
+    let Some(()) = offsets() else { return };
+    if off!(task_cgroups) == 0 {
         return;
     }
     // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets; the string copy is bounded
     // by the destination's constant size.
     unsafe {
-        let Some(css_set) = read_ptr(current_task(), o.task_cgroups) else {
+        let Some(css_set) = read_ptr(current_task(), off!(task_cgroups)) else {
             return;
         };
-        let Some(cgroup) = read_ptr(css_set, o.css_set_dfl_cgrp) else {
+        let Some(cgroup) = read_ptr(css_set, off!(css_set_dfl_cgrp)) else {
             return;
         };
-        let Some(kn) = read_ptr(cgroup, o.cgroup_kn) else {
+        let Some(kn) = read_ptr(cgroup, off!(cgroup_kn)) else {
             return;
         };
-        let Some(name) = read_ptr(kn, o.kernfs_node_name) else {
+        let Some(name) = read_ptr(kn, off!(kernfs_node_name)) else {
             return;
         };
         raw_read_kernel_str(
@@ -162,7 +181,7 @@ pub fn read_cgroup_name<const N: usize>(dst: &mut [u8; N]) {
 pub fn current_exit_code() -> u32 {
     match offsets() {
         // SAFETY: fault-tolerant kernel read.
-        Some(o) => unsafe { read::<u32>(current_task(), o.task_exit_code).unwrap_or(0) },
+        Some(()) => unsafe { read::<u32>(current_task(), off!(task_exit_code)).unwrap_or(0) },
         None => 0,
     }
 }
@@ -170,29 +189,29 @@ pub fn current_exit_code() -> u32 {
 /// The `struct sock` behind one of the current process's fds, with its socket inode number.
 #[inline(always)]
 pub fn sock_of_fd(fd: i32) -> Option<(*const u8, u64)> {
-    let o = offsets()?;
+    offsets()?;
     if fd < 0 {
         return None;
     }
     // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets; the fd index is checked
     // against the table's size.
     unsafe {
-        let files = read_ptr(current_task(), o.task_files)?;
-        let fdt = read_ptr(files, o.files_fdt)?;
-        let max_fds: u32 = read(fdt, o.fdt_max_fds)?;
+        let files = read_ptr(current_task(), off!(task_files))?;
+        let fdt = read_ptr(files, off!(files_fdt))?;
+        let max_fds: u32 = read(fdt, off!(fdt_max_fds))?;
         if fd as u32 >= max_fds {
             return None;
         }
-        let fd_array = read_ptr(fdt, o.fdt_fd)?;
+        let fd_array = read_ptr(fdt, off!(fdt_fd))?;
         let file = read_ptr(fd_array, fd as u32 * 8)?;
-        let inode = read_ptr(file, o.file_inode)?;
-        let mode: u16 = read(inode, o.inode_mode)?;
+        let inode = read_ptr(file, off!(file_inode))?;
+        let mode: u16 = read(inode, off!(inode_mode))?;
         if mode & S_IFMT != S_IFSOCK {
             return None;
         }
-        let ino: u64 = read(inode, o.inode_ino)?;
-        let socket = read_ptr(file, o.file_private_data)?;
-        let sk = read_ptr(socket, o.socket_sk)?;
+        let ino: u64 = read(inode, off!(inode_ino))?;
+        let socket = read_ptr(file, off!(file_private_data))?;
+        let sk = read_ptr(socket, off!(socket_sk))?;
         Some((sk, ino))
     }
 }
@@ -202,7 +221,7 @@ pub fn sock_of_fd(fd: i32) -> Option<(*const u8, u64)> {
 pub fn sock_state(sk: *const u8) -> u8 {
     match offsets() {
         // SAFETY: fault-tolerant kernel read.
-        Some(o) => unsafe { read(sk, o.sk_state).unwrap_or(0) },
+        Some(()) => unsafe { read(sk, off!(sk_state)).unwrap_or(0) },
         None => 0,
     }
 }
@@ -212,7 +231,7 @@ pub fn sock_state(sk: *const u8) -> u8 {
 pub fn sock_local_port(sk: *const u8) -> u16 {
     match offsets() {
         // SAFETY: fault-tolerant kernel read.
-        Some(o) => unsafe { read(sk, o.sk_num).unwrap_or(0) },
+        Some(()) => unsafe { read(sk, off!(sk_num)).unwrap_or(0) },
         None => 0,
     }
 }
@@ -221,12 +240,12 @@ pub fn sock_local_port(sk: *const u8) -> u16 {
 /// through the socket it is attached to.
 #[inline(always)]
 pub fn sock_inode(sk: *const u8) -> Option<u64> {
-    let o = offsets()?;
+    offsets()?;
     // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets; `struct socket` sits in a
     // `struct socket_alloc` followed by its inode.
     unsafe {
-        let socket = read_ptr(sk, o.sk_socket)?;
-        read(socket, o.socket_alloc_inode + o.inode_ino)
+        let socket = read_ptr(sk, off!(sk_socket))?;
+        read(socket, off!(socket_alloc_inode) + off!(inode_ino))
     }
 }
 
@@ -235,7 +254,7 @@ pub fn sock_inode(sk: *const u8) -> Option<u64> {
 pub fn sock_err(sk: *const u8) -> i32 {
     match offsets() {
         // SAFETY: fault-tolerant kernel read.
-        Some(o) => unsafe { read(sk, o.sk_err).unwrap_or(0) },
+        Some(()) => unsafe { read(sk, off!(sk_err)).unwrap_or(0) },
         None => 0,
     }
 }
@@ -250,18 +269,26 @@ pub fn fill_queue(rec: &mut QueueRecord, sk: *const u8, family: u16) -> *const u
     rec.drops = 0;
     rec.family = family;
     rec._pad = 0;
-    let Some(o) = offsets() else {
+    let Some(()) = offsets() else {
         return core::ptr::null();
     };
     // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
     unsafe {
-        rec.backlog = read(sk, o.sk_max_ack_backlog).unwrap_or(0);
-        rec.drops = read(sk, o.sk_drops).unwrap_or(0);
+        rec.backlog = read(sk, off!(sk_max_ack_backlog)).unwrap_or(0);
+        rec.drops = read(sk, off!(sk_drops)).unwrap_or(0);
         // The newest entry of the queue, then the socket it holds.
         let (depth_at, tail_at, child_at) = if family == AF_UNIX {
-            (o.sk_receive_queue_len, o.sk_receive_queue_tail, o.skb_sk)
+            (
+                off!(sk_receive_queue_len),
+                off!(sk_receive_queue_tail),
+                off!(skb_sk),
+            )
         } else {
-            (o.sk_ack_backlog, o.sk_accept_tail, o.request_sock_sk)
+            (
+                off!(sk_ack_backlog),
+                off!(sk_accept_tail),
+                off!(request_sock_sk),
+            )
         };
         rec.depth = read(sk, depth_at).unwrap_or(0);
         let Some(tail) = read_ptr(sk, tail_at) else {
@@ -279,7 +306,7 @@ pub fn fill_queue(rec: &mut QueueRecord, sk: *const u8, family: u16) -> *const u
 pub fn sock_family(sk: *const u8) -> u16 {
     match offsets() {
         // SAFETY: fault-tolerant kernel read.
-        Some(o) => unsafe { read(sk, o.sk_family).unwrap_or(0) },
+        Some(()) => unsafe { read(sk, off!(sk_family)).unwrap_or(0) },
         None => 0,
     }
 }
@@ -301,7 +328,7 @@ pub fn fill_sock_info(info: &mut SockInfo, fd: i32) -> *const u8 {
     info._pad = 0;
     info.local_addr = [0; 16];
     info.remote_addr = [0; 16];
-    let Some(o) = offsets() else {
+    let Some(()) = offsets() else {
         return core::ptr::null();
     };
     let Some((sk, ino)) = sock_of_fd(fd) else {
@@ -310,37 +337,37 @@ pub fn fill_sock_info(info: &mut SockInfo, fd: i32) -> *const u8 {
     info.inode = ino;
     // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
     unsafe {
-        let Some(family) = read::<u16>(sk, o.sk_family) else {
+        let Some(family) = read::<u16>(sk, off!(sk_family)) else {
             return core::ptr::null();
         };
         info.family = family;
         info.flags = sock_flags::VALID;
-        info.state = read(sk, o.sk_state).unwrap_or(0);
-        info.local_port = read(sk, o.sk_num).unwrap_or(0);
-        info.remote_port = u16::from_be(read(sk, o.sk_dport).unwrap_or(0));
-        info.backlog = read(sk, o.sk_max_ack_backlog).unwrap_or(0);
+        info.state = read(sk, off!(sk_state)).unwrap_or(0);
+        info.local_port = read(sk, off!(sk_num)).unwrap_or(0);
+        info.remote_port = u16::from_be(read(sk, off!(sk_dport)).unwrap_or(0));
+        info.backlog = read(sk, off!(sk_max_ack_backlog)).unwrap_or(0);
         // A unix listener's waiting connections are its receive queue.
         let depth_at = if family == AF_UNIX {
-            o.sk_receive_queue_len
+            off!(sk_receive_queue_len)
         } else {
-            o.sk_ack_backlog
+            off!(sk_ack_backlog)
         };
         info.depth = read(sk, depth_at).unwrap_or(0);
-        let reuse: u8 = read(sk, o.sk_reuseport_byte).unwrap_or(0);
-        if reuse & o.sk_reuseport_mask as u8 != 0 {
+        let reuse: u8 = read(sk, off!(sk_reuseport_byte)).unwrap_or(0);
+        if reuse & off!(sk_reuseport_mask) as u8 != 0 {
             info.flags |= sock_flags::REUSEPORT;
         }
-        if let Some(net) = read_ptr(sk, o.sk_net) {
-            info.netns = read(net, o.net_ns_inum).unwrap_or(0);
+        if let Some(net) = read_ptr(sk, off!(sk_net)) {
+            info.netns = read(net, off!(net_ns_inum)).unwrap_or(0);
         }
         if family == AF_INET {
-            let local: [u8; 4] = read(sk, o.sk_rcv_saddr).unwrap_or([0; 4]);
-            let remote: [u8; 4] = read(sk, o.sk_daddr).unwrap_or([0; 4]);
+            let local: [u8; 4] = read(sk, off!(sk_rcv_saddr)).unwrap_or([0; 4]);
+            let remote: [u8; 4] = read(sk, off!(sk_daddr)).unwrap_or([0; 4]);
             info.local_addr[..4].copy_from_slice(&local);
             info.remote_addr[..4].copy_from_slice(&remote);
         } else if family == AF_INET6 {
-            info.local_addr = read(sk, o.sk_v6_rcv_saddr).unwrap_or([0; 16]);
-            info.remote_addr = read(sk, o.sk_v6_daddr).unwrap_or([0; 16]);
+            info.local_addr = read(sk, off!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
+            info.remote_addr = read(sk, off!(sk_v6_daddr)).unwrap_or([0; 16]);
         }
         sk
     }
@@ -351,13 +378,13 @@ pub fn fill_sock_info(info: &mut SockInfo, fd: i32) -> *const u8 {
 pub fn fill_unix_addr(raw: &mut SockAddrRaw, sk: *const u8) {
     raw.len = 0;
     raw.ok = 0;
-    let Some(o) = offsets() else { return };
+    let Some(()) = offsets() else { return };
     // SAFETY: fault-tolerant kernel reads; the copy size is clamped to the buffer.
     unsafe {
-        let Some(addr) = read_ptr(sk, o.unix_addr) else {
+        let Some(addr) = read_ptr(sk, off!(unix_addr)) else {
             return;
         };
-        let Some(len) = read::<i32>(addr, o.unix_address_len) else {
+        let Some(len) = read::<i32>(addr, off!(unix_address_len)) else {
             return;
         };
         let n = clamp_len(len as u32);
@@ -365,7 +392,7 @@ pub fn fill_unix_addr(raw: &mut SockAddrRaw, sk: *const u8) {
         if raw_read_kernel(
             raw.bytes.as_mut_ptr() as *mut c_void,
             n,
-            at(addr, o.unix_address_name) as *const c_void,
+            at(addr, off!(unix_address_name)) as *const c_void,
         ) == 0
         {
             raw.ok = 1;

@@ -83,7 +83,19 @@ impl Trace {
     }
 
     /// Starts `cmd`, a sockact program writing NDJSON to stdout.
-    pub fn launch(mut cmd: Command) -> Trace {
+    pub fn launch(cmd: Command) -> Trace {
+        let (trace, attached) = Trace::launch_degraded(cmd);
+        assert_eq!(
+            attached["failed"],
+            serde_json::json!([]),
+            "every program loads and attaches"
+        );
+        trace
+    }
+
+    /// Starts `cmd` like [`Trace::launch`], where some programs may fail to attach; returns
+    /// its `attached` line too.
+    pub fn launch_degraded(mut cmd: Command) -> (Trace, Value) {
         require_root();
         let program = std::path::Path::new(cmd.get_program())
             .file_name()
@@ -125,12 +137,7 @@ impl Trace {
         let attached = trace.wait_for(Duration::from_secs(30), |v| {
             v["kind"] == "agent" && v["action"] == "attached"
         });
-        assert_eq!(
-            attached["failed"],
-            serde_json::json!([]),
-            "every program loads and attaches"
-        );
-        trace
+        (trace, attached)
     }
 
     fn pump(&mut self, timeout: Duration) -> bool {

@@ -823,3 +823,131 @@ fn run_with_capabilities(c: &Container, caps: &[String]) -> (bool, String) {
     }
     (true, String::new())
 }
+
+/// `n` loopback connections made and accepted by this process: events under `--all`.
+fn loopback(n: usize) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..n {
+        let _c = TcpStream::connect(addr).unwrap();
+        let _a = listener.accept().unwrap();
+    }
+}
+
+/// A tmpfs of `size`, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, size: &str) -> SmallDisk {
+        let path = dir.join("disk");
+        std::fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .status()
+            .expect("mount (package mount)");
+        assert!(status.success(), "mounting a {size} tmpfs: {status}");
+        SmallDisk(path)
+    }
+
+    /// Takes every free byte with a filler file.
+    fn fill(&self) {
+        let mut f = std::fs::File::create(self.0.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.0.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_drops_and_counts_once_then_the_file_sink_recovers_by_itself() {
+    require_root();
+    let dir = temp_dir("disk-full");
+    let disk = SmallDisk::mount(&dir, "512k");
+    let file = disk.0.join("events.ndjson");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[sink]]\nkind = \"stdout\"\n\n[[sink]]\nkind = \"file\"\npath = \"{}\"\n\n[metrics]\nenabled = false\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    let mut agent = Trace::agent(&["--config", config.to_str().unwrap(), "--all"]);
+    loopback(20);
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_to_string(&file).map_or(0, |t| t.lines().count()) < 20 {
+        assert!(Instant::now() < deadline, "the file sink wrote nothing");
+        sleep(Duration::from_millis(50));
+    }
+
+    // The disk fills up: events keep coming, the file sink drops and counts them.
+    disk.fill();
+    let full = "No space left on device";
+    let deadline = Instant::now() + WAIT;
+    while !agent.stderr().contains(full) {
+        loopback(50);
+        assert!(
+            Instant::now() < deadline,
+            "a full disk is not reported: {}",
+            agent.stderr()
+        );
+        sleep(Duration::from_millis(100));
+    }
+    loopback(200);
+    sleep(Duration::from_millis(300));
+
+    // Room again: the sink recovers by itself and says how many it lost.
+    disk.free();
+    let deadline = Instant::now() + WAIT;
+    while !agent
+        .lines()
+        .iter()
+        .any(|v| v["kind"] == "lost" && v["cause"].as_str().is_some_and(|c| c.starts_with("sink:")))
+    {
+        loopback(10);
+        assert!(Instant::now() < deadline, "the file sink did not recover");
+        sleep(Duration::from_millis(100));
+    }
+    loopback(20);
+    sleep(Duration::from_millis(300));
+    let stderr = agent.stderr();
+    let lines = agent.stop_with(libc::SIGTERM);
+
+    assert_eq!(stderr.matches(full).count(), 1, "reported once: {stderr}");
+    // Back by itself: what it lost meanwhile is said once it writes again.
+    assert!(stderr.contains("events lost"), "{stderr}");
+    let streamed = seqs(&lines);
+    let last = *streamed.last().unwrap();
+    assert_eq!(streamed, (1..=last).collect(), "stdout lost nothing");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let kept: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a broken line {l:?}: {e}")))
+        .collect();
+    let kept = seqs(&kept);
+    assert!(kept.is_subset(&streamed));
+    let missing = streamed.len() as u64 - kept.len() as u64;
+    let lost: u64 = lines
+        .iter()
+        .filter(|v| {
+            v["kind"] == "lost" && v["cause"].as_str().is_some_and(|c| c.starts_with("sink:"))
+        })
+        .map(|v| v["count"].as_u64().unwrap())
+        .sum();
+    assert!(lost > 0);
+    assert_eq!(
+        missing, lost,
+        "what the file lacks is exactly what was counted lost"
+    );
+}

@@ -203,6 +203,139 @@ fn a_process_that_exits_right_after_exec_keeps_its_listen_fds() {
     assert_eq!(exec[0]["listen_fdnames"], serde_json::json!(["web"]));
 }
 
+/// Execs /bin/true with `LISTEN_*` after `argv[1]` other variables.
+const DEEP_ENV: &str = r#"
+import os, sys
+env = {f"FILLER_{i}": "x" * 40 for i in range(int(sys.argv[1]))}
+env["LISTEN_PID"] = str(os.getpid())
+env["LISTEN_FDS"] = "1"
+env["LISTEN_FDNAMES"] = "deep"
+os.execve("/bin/true", ["true"], env)
+"#;
+
+#[test]
+fn listen_variables_are_found_anywhere_in_the_first_128_entries_only() {
+    let mut trace = Trace::start(&[]);
+    // Entries 125..=127: the last ones looked at. Entries 128..=130: past the bound.
+    let near = python(DEEP_ENV, &["125"]);
+    let near_pid = near.id();
+    wait_ok(near, "exec with LISTEN_* at entries 125..=127");
+    let far = python(DEEP_ENV, &["128"]);
+    let far_pid = far.id();
+    wait_ok(far, "exec with LISTEN_* at entries 128..=130");
+    trace.wait_for(WAIT, |v| v["kind"] == "exit" && v["pid"] == near_pid);
+    let lines = trace.stop();
+    let exec = of(&lines, "exec", near_pid);
+    assert_eq!(exec.len(), 1, "{exec:?}");
+    assert_eq!(exec[0]["listen_fds"], 1);
+    assert_eq!(exec[0]["listen_pid"], near_pid);
+    assert_eq!(exec[0]["listen_fdnames"], serde_json::json!(["deep"]));
+    // Not watched and not selected: past the bound, the exec is not one systemd passed fds to.
+    assert!(
+        of(&lines, "exec", far_pid).is_empty(),
+        "LISTEN_* past entry 127 were read: {:?}",
+        of(&lines, "exec", far_pid)
+    );
+}
+
+/// Execs /bin/true through a link whose name carries a terminal escape and an invalid UTF-8
+/// byte, with arguments that carry more of both and one longer than is kept, and a secret in
+/// its environment beside LISTEN_*. Waits for a line on stdin first.
+const HOSTILE: &str = r#"
+import os, sys
+link = os.path.join(sys.argv[1].encode(), b"\x1b[2Jx\xff")
+os.symlink(b"/bin/true", link)
+sys.stdin.readline()
+env = {b"SECRET_TOKEN": b"hunter2-sockact", b"LISTEN_PID": str(os.getpid()).encode(), b"LISTEN_FDS": b"1"}
+os.execve(link, [link, b"\x1b]0;title\x07", b"A" * 300, b"\xfe\xff"], env)
+"#;
+
+#[test]
+fn hostile_names_are_exact_in_json_and_harmless_in_text_and_secrets_never_read() {
+    let dir = std::env::temp_dir().join(format!("sockact-hostile-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut json = Trace::start(&[]);
+    let text_out = dir.join("text.out");
+    let mut text = Command::new(trace_bin())
+        .args(["--format", "text", "--duration", "60"])
+        .stdout(std::fs::File::create(&text_out).unwrap())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("a text-mode sockact-trace");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !std::fs::read_to_string(&text_out).is_ok_and(|t| t.contains("attached")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the text tracer never attached"
+        );
+        sleep(Duration::from_millis(20));
+    }
+    let hostile = python(HOSTILE, &[dir.to_str().unwrap()]);
+    let pid = hostile.id();
+    go(&hostile);
+    wait_ok(hostile, "/bin/true through a hostile name");
+    json.wait_for(WAIT, |v| v["kind"] == "exit" && v["pid"] == pid);
+    sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(text.id() as i32, libc::SIGINT) };
+    let status = text.wait().unwrap();
+    let mut text_err = String::new();
+    use std::io::Read;
+    text.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut text_err)
+        .unwrap();
+    assert!(status.success(), "{status}: {text_err}");
+    let json_err = json.stderr();
+    let lines = json.stop();
+
+    // JSON: exact, with invalid bytes as \xNN.
+    let exec = of(&lines, "exec", pid);
+    assert_eq!(exec.len(), 1, "{lines:?}");
+    let exec = exec[0];
+    assert_eq!(exec["comm"], "\u{1b}[2Jx\\xff");
+    assert!(
+        exec["filename"]
+            .as_str()
+            .unwrap()
+            .ends_with("/\u{1b}[2Jx\\xff"),
+        "{exec}"
+    );
+    let argv: Vec<&str> = exec["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(argv[1], "\u{1b}]0;title\u{7}");
+    // ARG_LEN (64) bytes with the NUL.
+    assert_eq!(argv[2], "A".repeat(63), "cut to what is kept");
+    assert_eq!(argv[3], "\\xfe\\xff");
+    assert_eq!(exec["listen_fds"], 1);
+
+    // Text: the same, with no control character left to act on a terminal.
+    let shown = std::fs::read(&text_out).unwrap();
+    assert!(
+        !shown.iter().any(|&b| b == 0x1b || b == 0x07),
+        "a control character reached the terminal"
+    );
+    let shown = String::from_utf8(shown).expect("text output is UTF-8");
+    // Shown escaped (the escape's own spelling may differ between fields), never acted on.
+    assert!(shown.contains("[2Jx\\xff"), "{shown}");
+    assert!(shown.contains("]0;title"), "{shown}");
+
+    // The environment beyond LISTEN_* is never read: the secret is nowhere.
+    let everything = format!("{lines:?}{shown}{json_err}{text_err}");
+    assert!(!everything.contains("hunter2"), "the secret leaked");
+    assert!(
+        !everything.contains("SECRET_TOKEN"),
+        "the secret's name leaked"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// 10,000 loopback connections, each accepted and closed.
 const LOAD: &str = r#"
 import socket, sys
@@ -268,6 +401,89 @@ r.listen(5)
 r.shutdown(socket.SHUT_RDWR)
 print(d)
 "#;
+
+#[test]
+fn a_tracepoint_missing_at_start_is_reported_once_and_the_rest_works() {
+    // A private mount namespace where the sock tracepoints' directory is empty.
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount -t tmpfs none /sys/kernel/tracing/events/sock && exec \"$0\" \"$@\"",
+    ])
+    .arg(trace_bin())
+    .args(["--format", "json", "--duration", "60", "--all"]);
+    let (mut trace, attached) = Trace::launch_degraded(cmd);
+    let failed: Vec<&str> = attached["failed"]
+        .as_array()
+        .expect("a failed list")
+        .iter()
+        .map(|f| f["program"].as_str().expect("a program name"))
+        .collect();
+    assert_eq!(
+        failed,
+        ["sock_inet_sock_set_state", "sock_sk_data_ready"],
+        "{attached}"
+    );
+    for f in attached["failed"].as_array().unwrap() {
+        let error = f["error"].as_str().unwrap();
+        assert!(error.contains("No such file or directory"), "{error}");
+    }
+    // Everything else works: a connection is still seen on both sides.
+    let port = free_port();
+    let server = python(SELF_CONNECT, &[&port.to_string()]);
+    let pid = server.id();
+    wait_ok(server, "a self-connecting python");
+    trace.wait_for(WAIT, |v| v["kind"] == "accept" && v["pid"] == pid);
+    let stderr = trace.stderr();
+    let lines = trace.stop();
+    assert_eq!(of(&lines, "connect", pid).len(), 1);
+    for program in failed {
+        assert_eq!(
+            stderr.matches(&format!("{program} not attached")).count(),
+            1,
+            "said once: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_ring_buffer_overflow_is_counted_exactly() {
+    let trace = Trace::start(&["--all"]);
+    // A reader that stalls while a burst goes on: the ring buffer (4 MiB) fills up.
+    trace.signal(libc::SIGSTOP);
+    let burst = python(LOAD, &["30000"]);
+    wait_ok(burst, "a burst of 30,000 loopback connections");
+    trace.signal(libc::SIGCONT);
+    let lines = trace.stop();
+    let stop = lines
+        .iter()
+        .find(|v| v["kind"] == "agent" && v["action"] == "stop")
+        .expect("an agent stop line");
+    let count = |key: &str| {
+        stop[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {key} on the stop: {stop}"))
+    };
+    let (submitted, received, lost) = (count("submitted"), count("received"), count("lost"));
+    assert!(
+        lost > 0,
+        "the burst did not overflow the ring buffer: {stop}"
+    );
+    let reported: u64 = lines
+        .iter()
+        .filter(|v| v["kind"] == "lost" && v["cause"] == "ring_buffer_full")
+        .map(|v| v["count"].as_u64().expect("a lost count"))
+        .sum();
+    assert_eq!(
+        reported, lost,
+        "the stream's ring_buffer_full losses against the kernel's"
+    );
+    assert_eq!(received + lost, submitted, "{stop}");
+}
 
 #[test]
 fn addresses_of_every_family_reuseport_and_listener_shutdown() {

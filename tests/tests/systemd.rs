@@ -1433,3 +1433,41 @@ fn verify_needs_root_and_a_known_unit_and_says_so_in_one_line() {
     // The unit was not touched.
     assert_eq!(ask(c.port(1)), "echo");
 }
+
+#[test]
+fn systemds_bus_going_away_mid_trace_is_said_once_and_followed_again() {
+    let c = Container::boot("healthy", 2);
+    let private = format!("unix:path=/proc/{}/root/run/systemd/private", c.leader());
+    let mut traces = [
+        Trace::start(&["--unit", "echo", "--systemd-bus", &c.bus_address()]),
+        Trace::start(&["--unit", "echo", "--systemd-bus", &private]),
+    ];
+    assert_eq!(ask(c.port(1)), "echo");
+    // systemd re-executes: every connection to it, and its bus connection, go away.
+    c.systemctl_ok(&["daemon-reexec"]);
+    std::thread::sleep(Duration::from_secs(2));
+    c.systemctl_ok(&["restart", "echo.service"]);
+    assert_eq!(ask(c.port(1)), "echo");
+    for trace in &mut traces {
+        trace.wait_for(WAIT, |v| {
+            v["kind"] == "unit" && v["unit"] == "echo.service" && v["change"] == "restarted"
+        });
+    }
+    let [dbus, p2p] = traces;
+    let p2p_err = p2p.stderr();
+    let dbus_lines = dbus.stop();
+    let p2p_lines = p2p.stop();
+    // The peer-to-peer connection broke and was made again, said once.
+    assert_eq!(
+        p2p_err.matches("lost systemd's bus").count(),
+        1,
+        "{p2p_err}"
+    );
+    for lines in [&dbus_lines, &p2p_lines] {
+        assert_eq!(
+            units_of(lines, "echo.service", "restarted").len(),
+            1,
+            "{lines:?}"
+        );
+    }
+}

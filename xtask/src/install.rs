@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Context;
 
-use crate::util::{build_binaries, root, run_cmd};
+use crate::util::{build_binaries, build_release, root, run_cmd};
 
 pub struct Options {
     /// Install under this directory instead of / (a package's staging root, an image).
@@ -47,13 +47,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         build_binaries()?;
         "debug"
     } else {
-        run_cmd(Command::new("cargo").current_dir(&root).args([
-            "build",
-            "--release",
-            "-p",
-            "sockact-agent",
-            "--bins",
-        ]))?;
+        build_release()?;
         "release"
     };
     let bin = under(&opts.dest, &opts.prefix.join("bin"));

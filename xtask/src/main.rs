@@ -1,6 +1,8 @@
-//! Project chores: `cargo xtask setup | test | demo | install`. Orchestration only; the build itself is
+//! Project chores: `cargo xtask setup | test | demo | bench | fuzz | install`. Orchestration only; the build itself is
 //! plain cargo (sockact-agent's build.rs builds the eBPF programs).
+mod bench;
 mod demo;
+mod fuzz;
 mod install;
 mod rootfs;
 mod setup;
@@ -30,6 +32,25 @@ enum Command {
     Demo,
     /// Build (once) the Debian root with systemd that the end-to-end tests boot.
     Rootfs,
+    /// Measure sockact beside its peers: in-kernel cost against the floor, throughput on
+    /// unrelated and watched load, memory, start-up and the userspace pipeline.
+    Bench {
+        /// Interleaved rounds of the throughput comparisons.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Fuzz every parser of untrusted input (cargo fuzz, libFuzzer) for a bounded time each,
+    /// from seeds taken from recorded data; every crash ever found runs first.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (record, exec_env, sockaddr, replay, unit_file, agent_config).
+        targets: Vec<String>,
+    },
     /// Install the binaries, sockact-agent's unit and its example configuration (kept when
     /// one exists), then reload systemd.
     Install {
@@ -54,6 +75,8 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
         Command::Rootfs => rootfs::ensure().map(|_| ()),
+        Command::Bench { rounds, seconds } => bench::run(&bench::Options { rounds, seconds }),
+        Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Command::Install {
             root,
             prefix,

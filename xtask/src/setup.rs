@@ -9,8 +9,10 @@ use crate::util::{cache_dir, is_root, output, run_cmd, stdout};
 /// Debian packages the build and the tests use: python3 for test servers and clients,
 /// systemd for systemd-socket-activate, iproute2 for ss, util-linux for setpriv and unshare,
 /// debootstrap and systemd-container (systemd-nspawn) for the real-systemd test bed; rsyslog
-/// with its RELP module and prometheus (promtool) for the agent's pipeline tests.
+/// with its RELP module and prometheus (promtool) for the agent's pipeline tests; g++ for
+/// libFuzzer, which the fuzz targets build.
 const PACKAGES: &[&str] = &[
+    "g++",
     "rsyslog",
     "rsyslog-relp",
     "prometheus",
@@ -57,8 +59,24 @@ fn installed(pkg: &str) -> bool {
 }
 
 fn debian_packages(report: &mut Report) -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
-    for p in PACKAGES.iter().filter(|p| !missing.contains(p)) {
+    install_packages(PACKAGES, report)
+}
+
+/// Debian's packages the benchmarks add: the load (nginx-light, wrk) and the peers measured
+/// beside sockact (bpftrace; bpftool reads the kernel's per-program accounting).
+const BENCH_PACKAGES: &[&str] = &["nginx-light", "wrk", "bpftrace", "bpftool"];
+
+/// What `cargo xtask bench` needs beyond the tests.
+pub fn bench_packages() -> anyhow::Result<()> {
+    let mut report = Report::default();
+    install_packages(BENCH_PACKAGES, &mut report)?;
+    report.print();
+    Ok(())
+}
+
+fn install_packages(packages: &[&str], report: &mut Report) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    for p in packages.iter().filter(|p| !missing.contains(p)) {
         report.present.push(format!("deb:{p}"));
     }
     if missing.is_empty() {
@@ -83,6 +101,18 @@ fn debian_packages(report: &mut Report) -> anyhow::Result<()> {
         .installed
         .extend(missing.iter().map(|p| format!("deb:{p}")));
     Ok(())
+}
+
+/// cargo-fuzz (libFuzzer through `cargo +nightly fuzz`), for `cargo xtask fuzz` and the tests.
+pub fn cargo_fuzz() -> anyhow::Result<()> {
+    let works = output(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if works {
+        return Ok(());
+    }
+    println!("setup: building cargo-fuzz (about a minute)");
+    run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"]))
 }
 
 /// The nightly toolchain with rust-src (`-Z build-std=core` for bpfel-unknown-none).

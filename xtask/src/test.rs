@@ -5,9 +5,12 @@ use std::process::Command;
 use anyhow::bail;
 
 use crate::{
-    rootfs, setup,
+    fuzz, rootfs, setup,
     util::{build_binaries, is_root, root, run_cmd},
 };
+
+/// Seconds each fuzz target runs in the suite (`cargo xtask fuzz` runs longer).
+const FUZZ_SECONDS: u64 = 20;
 
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
@@ -29,6 +32,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             ])
             .args(args),
     )?;
+    // Every parser of untrusted input, fuzzed briefly; every crash ever found runs first.
+    fuzz::run(FUZZ_SECONDS, &[])?;
     if !is_root() {
         bail!(
             "the kernel and end-to-end tests need root (they load eBPF programs): run `sudo -E cargo xtask test`"

@@ -59,6 +59,17 @@ pub fn cache_dir() -> PathBuf {
 }
 
 /// Builds the binaries the demo and the privileged tests run.
+/// The release binaries (sockact-agent, sockact-trace).
+pub fn build_release() -> anyhow::Result<()> {
+    run_cmd(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "-p",
+        "sockact-agent",
+        "--bins",
+    ]))
+}
+
 pub fn build_binaries() -> anyhow::Result<()> {
     run_cmd(Command::new("cargo").current_dir(root()).args([
         "build",

@@ -22,9 +22,9 @@ fn main() -> ExitCode {
             }
         };
     }
-    // Two workers: the sinks keep writing while the session loads programs or drains a burst.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread for the session and the network sinks (stdout and files write from threads
+    // of their own): no hand-offs between workers for every event.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

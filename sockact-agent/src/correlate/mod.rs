@@ -18,9 +18,10 @@ pub type CgroupLookup<'a> = &'a dyn Fn(u32) -> Option<String>;
 #[derive(Default)]
 pub struct Attribution {
     pub catalog: Catalog,
-    /// PID -> cgroup path, remembered from the first event of a process: a short-lived one may
-    /// be gone from /proc when a later event of it is handled.
-    cgroups: HashMap<u32, String>,
+    /// PID -> cgroup path (None: not in a unit), remembered from the first event of a
+    /// process: a short-lived one may be gone from /proc when a later event of it is handled,
+    /// and reading /proc for every event of a busy server would cost more than the rest.
+    cgroups: HashMap<u32, Option<String>>,
 }
 
 impl Attribution {
@@ -33,12 +34,11 @@ impl Attribution {
 
     fn cgroup(&mut self, pid: u32, ppid: Option<u32>, lookup: CgroupLookup<'_>) -> Option<String> {
         if let Some(cg) = self.cgroups.get(&pid) {
-            return Some(cg.clone());
+            return cg.clone();
         }
-        let found = lookup(pid).or_else(|| ppid.and_then(|pp| self.cgroups.get(&pp).cloned()));
-        if let Some(cg) = &found {
-            self.cgroups.insert(pid, cg.clone());
-        }
+        let found =
+            lookup(pid).or_else(|| ppid.and_then(|pp| self.cgroups.get(&pp).cloned().flatten()));
+        self.cgroups.insert(pid, found.clone());
         found
     }
 

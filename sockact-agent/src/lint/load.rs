@@ -66,6 +66,27 @@ fn is_unit_name(name: &str) -> bool {
 }
 
 impl UnitSet {
+    /// Units given as (name, text), each one linted; nothing is read from disk (the fuzzer's
+    /// way in, and a pure test's).
+    pub fn from_texts(units: &[(&str, &str)]) -> UnitSet {
+        let mut set = UnitSet::default();
+        for &(name, text) in units {
+            let path = PathBuf::from(name);
+            let (entries, headers) = super::unit_file::parse_text(text, &path);
+            set.units.insert(
+                name.to_owned(),
+                UnitFile {
+                    name: name.to_owned(),
+                    path,
+                    entries,
+                    headers,
+                },
+            );
+            set.linted.insert(name.to_owned());
+        }
+        set
+    }
+
     /// Reads what `args` name; with no argument, every socket unit in the search path.
     pub fn load(args: &[String]) -> Result<UnitSet, LoadError> {
         let mut set = UnitSet {

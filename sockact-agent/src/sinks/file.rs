@@ -5,9 +5,9 @@ use std::{
     sync::atomic::Ordering,
 };
 
-use tokio::{fs, io::AsyncWriteExt};
+use std::{fs, io::Write};
 
-use super::{Feed, batch};
+use super::{Feed, batch_blocking};
 use crate::config::SinkConfig;
 
 struct Open {
@@ -15,16 +15,15 @@ struct Open {
     size: u64,
 }
 
-async fn open(path: &Path) -> std::io::Result<Open> {
+fn open(path: &Path) -> std::io::Result<Open> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).await?;
+        fs::create_dir_all(dir)?;
     }
     let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(path)
-        .await?;
-    let size = file.metadata().await?.len();
+        .open(path)?;
+    let size = file.metadata()?.len();
     Ok(Open { file, size })
 }
 
@@ -35,54 +34,55 @@ fn rotated(path: &Path, n: u32) -> PathBuf {
 }
 
 /// `path` becomes `path.1`, `path.1` becomes `path.2`, ..., and `path.KEEP` is removed.
-async fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
+fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
     if keep == 0 {
-        return fs::remove_file(path).await;
+        return fs::remove_file(path);
     }
-    let _ = fs::remove_file(rotated(path, keep)).await;
+    let _ = fs::remove_file(rotated(path, keep));
     for n in (1..keep).rev() {
-        match fs::rename(rotated(path, n), rotated(path, n + 1)).await {
+        match fs::rename(rotated(path, n), rotated(path, n + 1)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
     }
-    fs::rename(path, rotated(path, 1)).await
+    fs::rename(path, rotated(path, 1))
 }
 
-pub async fn run(config: SinkConfig, feed: Feed) {
+pub fn run(config: SinkConfig, feed: Feed) {
     let path = config
         .path
         .clone()
         .expect("checked: a file sink has a path");
-    write_rotating(&path, config.max_size_mb * 1024 * 1024, config.keep, feed).await;
+    write_rotating(&path, config.max_size_mb * 1024 * 1024, config.keep, feed);
 }
 
 /// Appends every batch to `path`, rotating before a batch would take it past `max` bytes.
-async fn write_rotating(path: &Path, max: u64, keep: u32, mut feed: Feed) {
+fn write_rotating(path: &Path, max: u64, keep: u32, mut feed: Feed) {
     let mut current: Option<Open> = None;
-    while let Some((bytes, lines)) = batch(&mut feed.rx).await {
+    while let Some((bytes, lines)) = batch_blocking(&mut feed.rx) {
         if feed.stats.reopen.swap(false, Ordering::Relaxed) {
             current = None;
         }
-        let result = async {
+        let mut write = || {
             if current.is_none() {
-                current = Some(open(path).await?);
+                current = Some(open(path)?);
             }
             let full = |o: &Open| o.size > 0 && o.size + bytes.len() as u64 > max;
             if current.as_ref().is_some_and(full) {
-                if let Some(mut o) = current.take() {
-                    o.file.flush().await?;
-                }
-                rotate(path, keep).await?;
-                current = Some(open(path).await?);
+                current = None;
+                rotate(path, keep)?;
+                current = Some(open(path)?);
             }
             let o = current.as_mut().expect("opened");
-            o.file.write_all(&bytes).await?;
-            o.file.flush().await?;
+            if let Err(e) = o.file.write_all(&bytes) {
+                // A disk that filled up mid-batch: no half line stays behind to spoil the next.
+                let _ = o.file.set_len(o.size);
+                return Err(e);
+            }
             o.size += bytes.len() as u64;
             Ok::<_, std::io::Error>(())
         };
-        match result.await {
+        match write() {
             Ok(()) => feed.delivered(lines),
             Err(e) => {
                 current = None;
@@ -159,15 +159,15 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    #[tokio::test]
-    async fn rotation_keeps_the_newest_files() {
+    #[test]
+    fn rotation_keeps_the_newest_files() {
         let dir = std::env::temp_dir().join(format!("sockact-rotate-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("events.ndjson");
         for generation in 0..4 {
             std::fs::write(&path, format!("{generation}\n")).unwrap();
-            rotate(&path, 2).await.unwrap();
+            rotate(&path, 2).unwrap();
         }
         let read = |n| std::fs::read_to_string(rotated(&path, n)).ok();
         assert_eq!(read(1).as_deref(), Some("3\n"));

@@ -105,7 +105,13 @@ pub struct Stats {
     pub closed: AtomicBool,
     /// Reopen the file at the next write (SIGHUP, after logrotate moved it).
     pub reopen: AtomicBool,
+    /// When a failure was last said: a sink that flaps (a disk with a few bytes left takes
+    /// one small batch and refuses the next) is not reported again and again.
+    pub warned_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long after a failure was said another one is not.
+const QUIET: Duration = Duration::from_secs(60);
 
 impl Stats {
     fn drop_events(&self, n: u64) {
@@ -137,6 +143,15 @@ impl Feed {
     pub fn failed(&self, what: &str, e: &dyn std::fmt::Display) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
         if self.stats.healthy.swap(false, Ordering::Relaxed) {
+            let mut warned = self
+                .stats
+                .warned_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if warned.is_some_and(|at| at.elapsed() < QUIET) {
+                return;
+            }
+            *warned = Some(std::time::Instant::now());
             let then = match self.outage {
                 Outage::Wait => "events wait in its buffer until it reconnects",
                 Outage::Drop => "what cannot be written is dropped and counted",
@@ -188,6 +203,16 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// `None` once the queue is closed and empty. Cancel-safe.
 pub async fn batch(rx: &mut mpsc::Receiver<Arc<Line>>) -> Option<(Vec<u8>, u64)> {
     let first = rx.recv().await?;
+    Some(more(first, rx))
+}
+
+/// The same, for a sink writing from a thread of its own (blocking writes: stdout, files).
+pub fn batch_blocking(rx: &mut mpsc::Receiver<Arc<Line>>) -> Option<(Vec<u8>, u64)> {
+    let first = rx.blocking_recv()?;
+    Some(more(first, rx))
+}
+
+fn more(first: Arc<Line>, rx: &mut mpsc::Receiver<Arc<Line>>) -> (Vec<u8>, u64) {
     let mut bytes = first.json.as_bytes().to_vec();
     let mut lines = 1;
     while bytes.len() < BATCH_BYTES {
@@ -199,7 +224,7 @@ pub async fn batch(rx: &mut mpsc::Receiver<Arc<Line>>) -> Option<(Vec<u8>, u64)>
             Err(_) => break,
         }
     }
-    Some((bytes, lines))
+    (bytes, lines)
 }
 
 /// How long a connection attempt may take.
@@ -398,8 +423,13 @@ impl Sinks {
             give_up: self.tasks.give_up.subscribe(),
         };
         let task = match config.kind {
-            SinkKind::Stdout => tokio::spawn(stdout::run(feed)),
-            SinkKind::File => tokio::spawn(file::run(config.clone(), feed)),
+            // Blocking writes, each sink on a thread of its own: a stuck stdout blocks nothing
+            // else, and no write goes through a thread pool hand-off.
+            SinkKind::Stdout => tokio::task::spawn_blocking(move || stdout::run(feed)),
+            SinkKind::File => {
+                let config = config.clone();
+                tokio::task::spawn_blocking(move || file::run(config, feed))
+            }
             SinkKind::Tcp | SinkKind::Unix => tokio::spawn(stream::run(config.clone(), feed)),
             SinkKind::Relp => tokio::spawn(relp::run(config.clone(), feed)),
             SinkKind::Journald => tokio::spawn(journald::run(config.clone(), feed)),

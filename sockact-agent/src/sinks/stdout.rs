@@ -1,18 +1,13 @@
-//! The stdout sink: NDJSON to standard output, written out whenever its queue is empty.
-use std::sync::atomic::Ordering;
+//! The stdout sink: NDJSON to standard output from a thread of its own, a batch a write.
+use std::{io::Write, sync::atomic::Ordering};
 
-use tokio::io::AsyncWriteExt;
+use super::{Feed, batch_blocking};
 
-use super::{Feed, batch};
-
-pub async fn run(mut feed: Feed) {
-    let mut out = tokio::io::stdout();
-    while let Some((bytes, lines)) = batch(&mut feed.rx).await {
-        let written = async {
-            out.write_all(&bytes).await?;
-            out.flush().await
-        };
-        match written.await {
+pub fn run(mut feed: Feed) {
+    let stdout = std::io::stdout();
+    while let Some((bytes, lines)) = batch_blocking(&mut feed.rx) {
+        let mut out = stdout.lock();
+        match out.write_all(&bytes).and_then(|()| out.flush()) {
             Ok(()) => feed.delivered(lines),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                 // The reader is gone: the agent stops (Sinks::closed).

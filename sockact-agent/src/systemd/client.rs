@@ -51,6 +51,21 @@ pub struct UnitChange {
     pub result: Option<String>,
 }
 
+impl UnitChange {
+    /// Everything a service's state says, as a change.
+    pub fn of_service(s: super::ServiceUnit) -> UnitChange {
+        UnitChange {
+            unit: s.name,
+            active_state: Some(s.active_state),
+            sub_state: Some(s.sub_state),
+            invocation_id: Some(s.invocation_id),
+            main_pid: Some(s.main_pid),
+            n_restarts: Some(s.n_restarts),
+            result: Some(s.result),
+        }
+    }
+}
+
 pub struct Systemd {
     conn: Connection,
     manager: Proxy<'static>,
@@ -452,15 +467,7 @@ impl Systemd {
                         continue;
                     };
                     match self.service(&name, &path).await {
-                        Ok(s) => Watched::Changed(UnitChange {
-                            unit: name,
-                            active_state: Some(s.active_state),
-                            sub_state: Some(s.sub_state),
-                            invocation_id: Some(s.invocation_id),
-                            main_pid: Some(s.main_pid),
-                            n_restarts: Some(s.n_restarts),
-                            result: Some(s.result),
-                        }),
+                        Ok(s) => Watched::Changed(UnitChange::of_service(s)),
                         Err(_) => continue,
                     }
                 }

@@ -1,6 +1,7 @@
 //! What sockact knows of systemd: socket units and the services they trigger (plain data),
 //! the D-Bus client that fills it in and follows changes, and `--unit` resolution.
 pub mod client;
+pub mod follow;
 pub mod p2p;
 pub mod resolve;
 

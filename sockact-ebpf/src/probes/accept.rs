@@ -7,10 +7,10 @@ use aya_ebpf::{
 use sockact_common::{AcceptRecord, RecordKind};
 
 use crate::{
-    filter::{tgid_of, watched},
+    filter::{any_port_selected, tgid_of, watched},
     kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix},
     maps::QUEUED,
-    probes::{arg, listen::fd_port_selected, park, reserve, restarted, ret, take},
+    probes::{arg, listen::fd_port_selected, park, reserve, restarted, ret, take, wake_flags},
 };
 
 const EAGAIN: i64 = 11;
@@ -42,6 +42,9 @@ pub fn syscalls_sys_exit_accept4(ctx: TracePointContext) -> u32 {
 fn try_enter(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let keep = watched(tgid_of(pid_tgid))?;
+    if !keep && !any_port_selected() {
+        return None;
+    }
     let fd: i64 = arg(ctx, 0)?;
     let fd = fd as i32;
     if !(keep || fd_port_selected(fd)) {
@@ -53,12 +56,17 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
 
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
+    // The cheap check first: most accepts on a host are nobody's business here.
+    let keep = watched(tgid_of(pid_tgid))?;
+    if !keep && !any_port_selected() {
+        return None;
+    }
     let result = ret(ctx)?;
     let listen_fd = match take(pid_tgid, RecordKind::Accept) {
         Some(pending) => pending.fd,
         // An accept that was already blocked when tracing started: its listener is known
         // only through the accepted socket's local side.
-        None if result >= 0 && watched(tgid_of(pid_tgid)) == Some(true) => -1,
+        None if result >= 0 && keep => -1,
         None => return None,
     };
     if restarted(result) || result == -EAGAIN {
@@ -98,6 +106,6 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     } else if listener.is_null() && !conn.is_null() && is_unix(rec.conn.family) {
         fill_unix_addr(&mut rec.unix, conn);
     }
-    entry.submit(0);
+    entry.submit(wake_flags());
     Some(())
 }

@@ -8,7 +8,7 @@ use sockact_common::{BindRecord, RecordKind};
 use crate::{
     filter::{is_manager, tgid_of, user_addr_port_selected, watched},
     kernel::{fill_header, fill_sock_info, fill_user_addr},
-    probes::{arg, park, reserve, restarted, ret, take},
+    probes::{arg, park, reserve, restarted, ret, take, wake_flags},
 };
 
 #[tracepoint]
@@ -57,6 +57,6 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     rec.ret = result;
     fill_user_addr(&mut rec.addr, pending.ptr, pending.arg);
     let _ = fill_sock_info(&mut rec.sock, pending.fd);
-    entry.submit(0);
+    entry.submit(wake_flags());
     Some(())
 }

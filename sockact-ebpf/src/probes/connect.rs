@@ -14,12 +14,13 @@ use aya_ebpf::{
 use sockact_common::{ConnectRecord, RecordKind, connect_flags};
 
 use crate::{
-    filter::{tgid_of, user_addr_port_selected, watched},
+    filter::{any_port_selected, tgid_of, user_addr_port_selected, watched},
     kernel::{
-        fill_header, fill_user_addr, now_ns, offsets, sock_err, sock_inode, sock_of_fd, sock_state,
+        fill_header, fill_user_addr, now_ns, off, offsets, sock_err, sock_inode, sock_of_fd,
+        sock_state,
     },
     maps::{CONNECT_SCRATCH, CONNECTING, LISTENERS},
-    probes::{arg, park, reserve, restarted, ret, take},
+    probes::{arg, field, park, reserve, restarted, ret, take, wake_flags},
 };
 
 const EINPROGRESS: i64 = 115;
@@ -48,6 +49,9 @@ pub fn sock_inet_sock_set_state(ctx: TracePointContext) -> u32 {
 fn try_enter(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let keep = watched(tgid_of(pid_tgid))?;
+    if !keep && !any_port_selected() {
+        return None;
+    }
     let ptr: u64 = arg(ctx, 1)?;
     if !(keep || user_addr_port_selected(ptr)) {
         return None;
@@ -140,20 +144,24 @@ fn send(rec: &ConnectRecord, result: i64, flags: u32) {
     if flags & connect_flags::ASYNC != 0 {
         out.header.ts_ns = now_ns();
     }
-    entry.submit(0);
+    entry.submit(wake_flags());
 }
 
+/// `sock:inet_sock_set_state`'s usual layout: skaddr, oldstate, newstate after the common
+/// fields.
+const STATE_SKADDR: usize = 8;
+const STATE_OLD: usize = 16;
+const STATE_NEW: usize = 20;
+
 fn try_set_state(ctx: &TracePointContext) -> Option<()> {
-    let o = offsets()?;
-    if o.tp_state_old == 0 {
+    offsets()?;
+    if off!(tp_state_old) == 0 {
         return None;
     }
-    // SAFETY: the offsets come from this tracepoint's format file.
-    let old: i32 = unsafe { ctx.read_at(o.tp_state_old as usize).ok()? };
+    let old: i32 = field(ctx, off!(tp_state_old), STATE_OLD)?;
     if old == TCP_LISTEN {
         // A closing listener's queue is watched no longer (nor is its inode, once reused).
-        // SAFETY: as above.
-        let sk: u64 = unsafe { ctx.read_at(o.tp_state_skaddr as usize).ok()? };
+        let sk: u64 = field(ctx, off!(tp_state_skaddr), STATE_SKADDR)?;
         let inode = sock_inode(sk as *const u8)?;
         let _ = LISTENERS.remove(&inode);
         return None;
@@ -161,11 +169,9 @@ fn try_set_state(ctx: &TracePointContext) -> Option<()> {
     if old != TCP_SYN_SENT {
         return None;
     }
-    // SAFETY: as above.
-    let sk: u64 = unsafe { ctx.read_at(o.tp_state_skaddr as usize).ok()? };
+    let sk: u64 = field(ctx, off!(tp_state_skaddr), STATE_SKADDR)?;
     let parked = CONNECTING.get_ptr(&sk)?;
-    // SAFETY: as above.
-    let new: i32 = unsafe { ctx.read_at(o.tp_state_new as usize).ok()? };
+    let new: i32 = field(ctx, off!(tp_state_new), STATE_NEW)?;
     if let Some(err) = outcome(new, sk as *const u8) {
         // SAFETY: a live map value; it is copied before the entry is removed.
         send(unsafe { &*parked }, -(err as i64), connect_flags::ASYNC);

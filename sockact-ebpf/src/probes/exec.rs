@@ -6,7 +6,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_loop, bpf_probe_read_user,
         generated::bpf_probe_read_kernel as raw_read_kernel,
     },
     macros::tracepoint,
@@ -19,19 +19,19 @@ use crate::{
     filter::{tgid_of, watched},
     kernel::{fill_header, read_cgroup_name, read_user_str},
     maps::{EXEC_SCRATCH, PENDING_EXEC, WATCHED, count},
-    probes::{arg, reserve, ret},
+    probes::{arg, reserve, ret, wake_flags},
 };
 
 #[tracepoint]
 pub fn syscalls_sys_enter_execve(ctx: TracePointContext) -> u32 {
-    let _ = try_enter(&ctx, 0, 0);
+    let _ = try_enter::<0>(&ctx, 0);
     0
 }
 
 #[tracepoint]
 pub fn syscalls_sys_enter_execveat(ctx: TracePointContext) -> u32 {
     // execveat(dirfd, filename, argv, envp, flags): everything one argument later.
-    let _ = try_enter(&ctx, 1, exec_flags::EXECVEAT);
+    let _ = try_enter::<1>(&ctx, exec_flags::EXECVEAT);
     0
 }
 
@@ -51,29 +51,35 @@ pub fn syscalls_sys_exit_execveat(ctx: TracePointContext) -> u32 {
 const LISTEN_PREFIX: u64 = u64::from_le_bytes(*b"LISTEN_\0");
 const PREFIX_MASK: u64 = 0x00ff_ffff_ffff_ffff;
 
-fn try_enter(ctx: &TracePointContext, shift: usize, flags: u32) -> Option<()> {
+/// `SHIFT`: where the arguments start (execveat has a dirfd first). A constant, as the
+/// verifier takes only constant offsets into the context.
+fn try_enter<const SHIFT: usize>(ctx: &TracePointContext, flags: u32) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = tgid_of(pid_tgid);
     let keep = watched(tgid)?;
-    let rec = EXEC_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
-    let rec = unsafe { &mut *rec };
-    rec.flags = flags;
-    rec.argc = 0;
-    rec.filename[0] = 0;
-    rec.listen_pid[0] = 0;
-    rec.listen_fds[0] = 0;
-    rec.listen_fdnames[0] = 0;
-
-    let envp: u64 = arg(ctx, 2 + shift)?;
-    scan_env(envp, rec);
+    let slot = EXEC_SCRATCH.get_ptr_mut(0)?;
+    {
+        // SAFETY: the per-CPU scratch slot is ours for the duration of this program.
+        let rec = unsafe { &mut *slot };
+        rec.flags = flags;
+        rec.argc = 0;
+        rec.filename[0] = 0;
+        rec.listen_pid[0] = 0;
+        rec.listen_fds[0] = 0;
+        rec.listen_fdnames[0] = 0;
+    }
+    // The environment scan writes the slot itself: no reference to it lives across the call.
+    let envp: u64 = arg(ctx, 2 + SHIFT)?;
+    scan_env(envp);
+    // SAFETY: as above.
+    let rec = unsafe { &mut *slot };
     if !keep && rec.flags & exec_flags::HAS_LISTEN_FDS == 0 {
         return None;
     }
 
-    let filename: u64 = arg(ctx, shift)?;
+    let filename: u64 = arg(ctx, SHIFT)?;
     read_user_str(filename, &mut rec.filename);
-    let argv: u64 = arg(ctx, 1 + shift)?;
+    let argv: u64 = arg(ctx, 1 + SHIFT)?;
     read_argv(argv, rec);
     if PENDING_EXEC.insert(&pid_tgid, rec, 0).is_err() {
         count(counter::PENDING_FULL);
@@ -110,61 +116,89 @@ fn read_argv(argv: u64, rec: &mut ExecRecord) {
     }
 }
 
-/// Looks at the first `ENVP_MAX` entries for the three LISTEN_* variables only.
-fn scan_env(envp: u64, rec: &mut ExecRecord) {
+/// Looks at the first `ENVP_MAX` entries for the three LISTEN_* variables only. One entry per
+/// bpf_loop step: the verifier checks the step once instead of walking all `ENVP_MAX`
+/// iterations (which cost over 100 ms of start-up per exec program).
+fn scan_env(envp: u64) {
     if envp == 0 {
         return;
     }
-    for i in 0..ENVP_MAX as usize {
-        // SAFETY: user pointer reads through the fault-tolerant helper.
-        let Ok(p) = (unsafe { bpf_probe_read_user((envp as *const u64).wrapping_add(i)) }) else {
-            return;
-        };
-        if p == 0 {
-            return;
-        }
-        let mut head = [0u8; 16];
-        if !read_user_str(p, &mut head) {
-            continue;
-        }
-        let word = u64::from_le_bytes([
-            head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
-        ]);
-        if word & PREFIX_MASK != LISTEN_PREFIX {
-            continue;
-        }
-        if head[7] == b'P' && head[8] == b'I' && head[9] == b'D' && head[10] == b'=' {
-            if read_user_str(p + 11, &mut rec.listen_pid) {
-                rec.flags |= exec_flags::HAS_LISTEN_PID;
-            }
-        } else if head[7] == b'F' && head[8] == b'D' && head[9] == b'S' && head[10] == b'=' {
-            if read_user_str(p + 11, &mut rec.listen_fds) {
-                rec.flags |= exec_flags::HAS_LISTEN_FDS;
-            }
-        } else if head[7] == b'F'
-            && head[8] == b'D'
-            && head[9] == b'N'
-            && head[10] == b'A'
-            && head[11] == b'M'
-            && head[12] == b'E'
-            && head[13] == b'S'
-            && head[14] == b'='
-        {
-            if read_user_str(p + 15, &mut rec.listen_fdnames) {
-                rec.flags |= exec_flags::HAS_LISTEN_FDNAMES;
-            }
-        }
-        if i + 1 == ENVP_MAX as usize {
-            // SAFETY: as above.
-            if let Ok(next) =
-                unsafe { bpf_probe_read_user((envp as *const u64).wrapping_add(i + 1)) }
-            {
-                if next != 0 {
-                    rec.flags |= exec_flags::ENVP_TRUNCATED;
-                }
-            }
-        }
+    let mut scan = EnvScan { envp };
+    let step: unsafe extern "C" fn(u64, *mut EnvScan) -> i64 = env_entry;
+    // SAFETY: the callback and its context follow bpf_loop's contract: a static function, and
+    // a pointer to this frame's stack that outlives the call. The function reaches the
+    // instruction as a function reference (transmuted, never through an integer).
+    unsafe {
+        bpf_loop(
+            ENVP_MAX + 1,
+            core::mem::transmute::<unsafe extern "C" fn(u64, *mut EnvScan) -> i64, *mut c_void>(
+                step,
+            ),
+            (&mut scan as *mut EnvScan).cast(),
+            0,
+        );
     }
+}
+
+#[repr(C)]
+struct EnvScan {
+    envp: u64,
+}
+
+/// bpf_loop's step: entry `i` of the environment; 1 ends the loop.
+#[inline(never)]
+unsafe extern "C" fn env_entry(i: u64, scan: *mut EnvScan) -> i64 {
+    // SAFETY: bpf_loop passes back the context given to it, on the caller's stack.
+    let envp = unsafe { (*scan).envp };
+    let Some(rec) = EXEC_SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: the per-CPU scratch slot is ours for the duration of the program.
+    let rec = unsafe { &mut *rec };
+    // SAFETY: user pointer reads through the fault-tolerant helper.
+    let Ok(p) = (unsafe { bpf_probe_read_user((envp as *const u64).wrapping_add(i as usize)) })
+    else {
+        return 1;
+    };
+    if p == 0 {
+        return 1;
+    }
+    if i == ENVP_MAX as u64 {
+        // One entry past the last one looked at: there was more.
+        rec.flags |= exec_flags::ENVP_TRUNCATED;
+        return 1;
+    }
+    let mut head = [0u8; 16];
+    if !read_user_str(p, &mut head) {
+        return 0;
+    }
+    let word = u64::from_le_bytes([
+        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+    ]);
+    if word & PREFIX_MASK != LISTEN_PREFIX {
+        return 0;
+    }
+    if head[7] == b'P' && head[8] == b'I' && head[9] == b'D' && head[10] == b'=' {
+        if read_user_str(p + 11, &mut rec.listen_pid) {
+            rec.flags |= exec_flags::HAS_LISTEN_PID;
+        }
+    } else if head[7] == b'F' && head[8] == b'D' && head[9] == b'S' && head[10] == b'=' {
+        if read_user_str(p + 11, &mut rec.listen_fds) {
+            rec.flags |= exec_flags::HAS_LISTEN_FDS;
+        }
+    } else if head[7] == b'F'
+        && head[8] == b'D'
+        && head[9] == b'N'
+        && head[10] == b'A'
+        && head[11] == b'M'
+        && head[12] == b'E'
+        && head[13] == b'S'
+        && head[14] == b'='
+        && read_user_str(p + 15, &mut rec.listen_fdnames)
+    {
+        rec.flags |= exec_flags::HAS_LISTEN_FDNAMES;
+    }
+    0
 }
 
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
@@ -211,7 +245,7 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
                     pid_tgid,
                 );
                 read_cgroup_name(&mut rec.cgroup);
-                entry.submit(0);
+                entry.submit(wake_flags());
             } else {
                 // Counted as submitted when reserved: count it as lost so the books balance.
                 entry.discard(0);

@@ -10,7 +10,7 @@ use crate::{
     filter::{is_manager, port_selected, tgid_of, watched},
     kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix, sock_local_port, sock_of_fd},
     maps::{LISTENERS, count},
-    probes::{arg, park, reserve, restarted, ret, take},
+    probes::{arg, park, reserve, restarted, ret, take, wake_flags},
 };
 
 #[tracepoint]
@@ -76,7 +76,7 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         fill_unix_addr(&mut rec.unix, sk);
     }
     let inode = rec.sock.inode;
-    entry.submit(0);
+    entry.submit(wake_flags());
     // After the record: a queue record of this listener never comes before its listen.
     if result == 0 && inode != 0 {
         let why = if is_manager() {

@@ -9,12 +9,16 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use sockact_common::{QueueRecord, RecordKind};
 
 use crate::{
-    kernel::{fill_bare_header, fill_queue, now_ns, offsets, sock_family, sock_inode, sock_state},
+    kernel::{
+        fill_bare_header, fill_queue, now_ns, off, offsets, sock_family, sock_inode, sock_state,
+    },
     maps::{LISTENERS, QUEUED, Queued},
-    probes::reserve,
+    probes::{field, reserve, wake_flags},
 };
 
 const TCP_LISTEN: u8 = 10;
+/// `sock:sk_data_ready`'s usual layout: skaddr right after the common fields.
+const READY_SKADDR: usize = 8;
 
 #[tracepoint]
 pub fn sock_sk_data_ready(ctx: TracePointContext) -> u32 {
@@ -23,12 +27,11 @@ pub fn sock_sk_data_ready(ctx: TracePointContext) -> u32 {
 }
 
 fn try_ready(ctx: &TracePointContext) -> Option<()> {
-    let o = offsets()?;
-    if o.tp_ready_skaddr == 0 {
+    offsets()?;
+    if off!(tp_ready_skaddr) == 0 {
         return None;
     }
-    // SAFETY: the offset comes from this tracepoint's format file.
-    let sk: u64 = unsafe { ctx.read_at(o.tp_ready_skaddr as usize).ok()? };
+    let sk: u64 = field(ctx, off!(tp_ready_skaddr), READY_SKADDR)?;
     let sk = sk as *const u8;
     if sock_state(sk) != TCP_LISTEN {
         return None;
@@ -47,7 +50,7 @@ fn try_ready(ctx: &TracePointContext) -> Option<()> {
     );
     rec.inode = inode;
     let child = fill_queue(rec, sk, sock_family(sk));
-    entry.submit(0);
+    entry.submit(wake_flags());
     if !child.is_null() {
         let queued = Queued {
             ts: now,

@@ -8,9 +8,9 @@ use sockact_common::{ExitRecord, RecordKind, counter, watch};
 
 use crate::{
     filter::{tgid_of, watched},
-    kernel::{current_exit_code, fill_header, offsets},
+    kernel::{current_exit_code, fill_header, off, offsets},
     maps::{PENDING_EXEC, WATCHED, count},
-    probes::reserve,
+    probes::{reserve, wake_flags},
 };
 
 #[tracepoint]
@@ -29,9 +29,9 @@ fn try_fork(ctx: &TracePointContext) -> Option<()> {
     let tgid = tgid_of(bpf_get_current_pid_tgid());
     // SAFETY: points at a live map value.
     let bits = unsafe { *WATCHED.get_ptr(&tgid)? };
-    let o = offsets()?;
+    offsets()?;
     // SAFETY: the offset comes from this tracepoint's format file.
-    let child: i32 = unsafe { ctx.read_at(o.tp_fork_child_pid as usize).ok()? };
+    let child: i32 = unsafe { ctx.read_at(off!(tp_fork_child_pid) as usize).ok()? };
     if child <= 0 {
         return None;
     }
@@ -60,9 +60,9 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         let _ = WATCHED.remove(&tid);
     }
     let group_dead = match offsets() {
-        Some(o) if o.tp_exit_group_dead != 0 => {
+        Some(()) if off!(tp_exit_group_dead) != 0 => {
             // SAFETY: the offset comes from this tracepoint's format file.
-            unsafe { ctx.read_at::<u8>(o.tp_exit_group_dead as usize).ok()? != 0 }
+            unsafe { ctx.read_at::<u8>(off!(tp_exit_group_dead) as usize).ok()? != 0 }
         }
         _ => tid == tgid,
     };
@@ -85,6 +85,6 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     );
     rec.exit_code = current_exit_code();
     rec._pad = 0;
-    entry.submit(0);
+    entry.submit(wake_flags());
     Some(())
 }

@@ -8,7 +8,7 @@ use sockact_common::{RecordKind, ShutdownRecord};
 use crate::{
     filter::{tgid_of, watched},
     kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix, sock_of_fd, sock_state},
-    probes::{arg, park, reserve, restarted, ret, take},
+    probes::{arg, park, reserve, restarted, ret, take, wake_flags},
 };
 
 const TCP_LISTEN: u8 = 10;
@@ -67,6 +67,6 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     if !sk.is_null() && is_unix(rec.sock.family) {
         fill_unix_addr(&mut rec.unix, sk);
     }
-    entry.submit(0);
+    entry.submit(wake_flags());
     Some(())
 }
