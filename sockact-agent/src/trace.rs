@@ -45,6 +45,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often the ring buffer is drained. Records do not wake the reader one by one (the kernel
 /// side wakes it only when the ring buffer fills up): this is their latency, at most.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// Records read at a time before the runtime's other tasks get a turn.
+const DRAIN_BUDGET: usize = 1024;
+
 /// How often the kernel's loss counters are turned into `lost` events.
 const LOST_EVERY: Duration = Duration::from_secs(1);
 
@@ -190,8 +193,20 @@ impl Session {
         Ok(self.out.emit(e)?)
     }
 
+    /// Reads every waiting record.
     fn drain(&mut self, loaded: &mut Loaded) -> Result<(), Halt> {
-        while let Some(item) = loaded.ring.next() {
+        while !self.drain_some(loaded)? {}
+        Ok(())
+    }
+
+    /// Reads up to [`DRAIN_BUDGET`] records; true when none are left. A busy ring buffer is
+    /// never empty: the other tasks of the runtime (network sinks, metrics, signals) get their
+    /// turn between budgets.
+    fn drain_some(&mut self, loaded: &mut Loaded) -> Result<bool, Halt> {
+        for _ in 0..DRAIN_BUDGET {
+            let Some(item) = loaded.ring.next() else {
+                return Ok(true);
+            };
             self.received += 1;
             if let Some(raw) = &mut self.raw {
                 raw.keep(&item);
@@ -229,7 +244,7 @@ impl Session {
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Emits an event the detectors and the queue tracker see too.
@@ -995,17 +1010,21 @@ async fn read_loop(
         };
         let step: Result<(), Halt> = tokio::select! {
             guard = ring.readable_mut() => match guard {
-                Ok(mut guard) => {
-                    let r = session.drain(guard.get_inner_mut());
-                    guard.clear_ready();
-                    r
-                }
+                Ok(mut guard) => match session.drain_some(guard.get_inner_mut()) {
+                    // Readiness stays while records are left: the next turn reads on.
+                    Ok(true) => {
+                        guard.clear_ready();
+                        Ok(())
+                    }
+                    Ok(false) => Ok(()),
+                    Err(halt) => Err(halt),
+                },
                 Err(e) => Err(Halt::Fail(TraceError::Ring(e))),
             },
-            _ = drain.tick() => session.drain(ring.get_mut()),
+            _ = drain.tick() => session.drain_some(ring.get_mut()).map(|_| ()),
             _ = tick.tick() => {
                 let loaded = ring.get_mut();
-                let mut r = session.drain(loaded).and_then(|()| session.tick(loaded));
+                let mut r = session.drain_some(loaded).and_then(|_| session.tick(loaded));
                 if r.is_ok() && last_lost_check.elapsed() >= LOST_EVERY {
                     last_lost_check = Instant::now();
                     let counters = ring.get_ref().counters();
@@ -1024,6 +1043,7 @@ async fn read_loop(
         if let Err(halt) = step {
             return halt;
         }
+        tokio::task::yield_now().await;
     }
 }
 

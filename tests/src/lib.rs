@@ -12,6 +12,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod rsyslog;
+pub mod soak;
 pub mod testbed;
 
 /// The sockact-trace binary under test.

@@ -1,4 +1,4 @@
-//! Project chores: `cargo xtask setup | test | demo | bench | fuzz | install`. Orchestration only; the build itself is
+//! Project chores: `cargo xtask setup | test | demo | bench | fuzz | soak | install`. Orchestration only; the build itself is
 //! plain cargo (sockact-agent's build.rs builds the eBPF programs).
 mod bench;
 mod demo;
@@ -6,6 +6,7 @@ mod fuzz;
 mod install;
 mod rootfs;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -51,6 +52,18 @@ enum Command {
         /// Only these targets (record, exec_env, sockaddr, replay, unit_file, agent_config).
         targets: Vec<String>,
     },
+    /// Drive watched load (a socket-activated service, restarts every 3 s) through
+    /// sockact-agent with a file and a RELP sink; report events, findings, losses and RSS.
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Client threads.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Connections a second, all clients together.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+    },
     /// Install the binaries, sockact-agent's unit and its example configuration (kept when
     /// one exists), then reload systemd.
     Install {
@@ -77,6 +90,11 @@ fn main() -> anyhow::Result<()> {
         Command::Rootfs => rootfs::ensure().map(|_| ()),
         Command::Bench { rounds, seconds } => bench::run(&bench::Options { rounds, seconds }),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
+        Command::Soak {
+            minutes,
+            clients,
+            rate,
+        } => soak::run(minutes, clients, rate),
         Command::Install {
             root,
             prefix,
