@@ -240,7 +240,8 @@ pub fn exit(status: u32) -> Exit {
 fn outcome(ret: i64) -> Outcome {
     Outcome {
         ret,
-        errno: (ret < 0).then(|| errno::name(-ret)),
+        // Saturating: a corrupt record may hold i64::MIN.
+        errno: (ret < 0).then(|| errno::name(ret.saturating_neg())),
     }
 }
 
@@ -363,6 +364,14 @@ fn shutdown(r: &ShutdownRecord) -> Shutdown {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_return_value_of_i64_min_is_no_overflow() {
+        // Found by the `record` fuzz target (fuzz/regressions/record/crash-4d83ae...).
+        let o = outcome(i64::MIN);
+        assert_eq!(o.ret, i64::MIN);
+        assert!(o.errno.is_some());
+    }
 
     #[test]
     fn every_recorded_record_decodes_and_the_families_read_back() {

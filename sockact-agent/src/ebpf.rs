@@ -122,10 +122,23 @@ pub struct Counters {
     pub listeners_full: u64,
 }
 
+/// aya's loader reads and parses the kernel's BTF as it is made, tens of milliseconds that
+/// sockact does not need (no CO-RE): it is made on a thread of its own while the session
+/// starts (offsets, systemd), and taken by [`load`].
+pub struct LoaderInTheMaking(std::thread::JoinHandle<EbpfLoader<'static>>);
+
+pub fn make_loader() -> LoaderInTheMaking {
+    LoaderInTheMaking(std::thread::spawn(EbpfLoader::new))
+}
+
 /// Loads and attaches every program; `give_up` is asked before each one, so that a stream
 /// whose reader went away does not wait for the verifier.
-pub fn load(opts: &LoadOptions, give_up: &dyn Fn() -> bool) -> Result<Loaded, EbpfError> {
-    let mut loader = EbpfLoader::new();
+pub fn load(
+    making: LoaderInTheMaking,
+    opts: &LoadOptions,
+    give_up: &dyn Fn() -> bool,
+) -> Result<Loaded, EbpfError> {
+    let mut loader = making.0.join().unwrap_or_else(|_| EbpfLoader::new());
     // The programs read kernel structs at offsets computed here (OFFSETS), never through CO-RE
     // relocations: the kernel's BTF need not be parsed a second time.
     loader

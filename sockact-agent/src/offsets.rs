@@ -41,6 +41,8 @@ pub struct MemberPos {
 
 pub struct KernelBtf {
     btf: Btf,
+    /// Structs already found: a mapped BTF is searched by name from the start each time.
+    structs: std::cell::RefCell<std::collections::HashMap<String, btf_rs::Struct>>,
 }
 
 impl KernelBtf {
@@ -54,7 +56,10 @@ impl KernelBtf {
                 path: path.display().to_string(),
                 source,
             })?;
-        Ok(KernelBtf { btf })
+        Ok(KernelBtf {
+            btf,
+            structs: Default::default(),
+        })
     }
 
     fn strip(&self, mut t: Type) -> Result<Type, btf_rs::Error> {
@@ -76,6 +81,17 @@ impl KernelBtf {
     }
 
     fn find_struct(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
+        if let Some(s) = self.structs.borrow().get(name) {
+            return Ok(s.clone());
+        }
+        let found = self.search_struct(name)?;
+        self.structs
+            .borrow_mut()
+            .insert(name.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    fn search_struct(&self, name: &str) -> Result<btf_rs::Struct, OffsetError> {
         let types = self
             .btf
             .resolve_types_by_name(name)

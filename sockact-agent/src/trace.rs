@@ -823,6 +823,7 @@ pub async fn run_with(
     out: Box<dyn Emit>,
     mut hooks: Hooks,
 ) -> Result<Stop, TraceError> {
+    let making = ebpf::make_loader();
     let mut signals = Signals::install()?;
     check_pids(&config.pids)?;
     system::check_privileges()?;
@@ -886,6 +887,7 @@ pub async fn run_with(
         return finish_early(e.into());
     }
     let loaded = ebpf::load(
+        making,
         &LoadOptions {
             filter: FilterConfig {
                 self_tgid: std::process::id(),

@@ -123,7 +123,7 @@ mod tests {
         let mut written = 0u64;
         while written < 1_500_000 {
             for e in &events {
-                written += crate::sinks::Line::encode(e).unwrap().json.len() as u64;
+                written += crate::sinks::Line::encode(e, false).unwrap().json.len() as u64;
                 sinks.emit(e.clone()).unwrap();
             }
             tokio::task::yield_now().await;

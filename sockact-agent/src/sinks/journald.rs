@@ -34,7 +34,11 @@ fn field(out: &mut Vec<u8>, key: &str, value: &str) {
 /// One event as a journald entry.
 pub fn entry(line: &Line) -> Vec<u8> {
     let mut out = Vec::with_capacity(line.json.len() * 2 + 256);
-    field(&mut out, "MESSAGE", &line.text);
+    field(
+        &mut out,
+        "MESSAGE",
+        line.text.as_deref().unwrap_or_default(),
+    );
     field(&mut out, "PRIORITY", &line.severity.to_string());
     field(&mut out, "SYSLOG_IDENTIFIER", "sockact-agent");
     field(&mut out, "SOCKACT_KIND", line.kind);
@@ -242,7 +246,7 @@ mod tests {
                 .unwrap(),
         )
         .unwrap();
-        let line = Line::encode(&finding).unwrap();
+        let line = Line::encode(&finding, true).unwrap();
         let fields = parse(&entry(&line));
         let get = |k: &str| fields.iter().find(|f| f.0 == k).map(|f| f.1.as_str());
         assert_eq!(get("SOCKACT_KIND"), Some("finding"));
@@ -255,9 +259,12 @@ mod tests {
         // The summary's text is a table over several lines.
         let summary: crate::events::Event =
             serde_json::from_str(text.lines().last().unwrap()).unwrap();
-        let line = Line::encode(&summary).unwrap();
-        assert!(line.text.contains('\n'));
+        let line = Line::encode(&summary, true).unwrap();
+        assert!(line.text.as_ref().unwrap().contains('\n'));
         let fields = parse(&entry(&line));
-        assert_eq!(fields[0], ("MESSAGE".to_owned(), line.text.clone()));
+        assert_eq!(
+            fields[0],
+            ("MESSAGE".to_owned(), line.text.clone().unwrap())
+        );
     }
 }

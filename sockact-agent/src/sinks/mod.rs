@@ -45,12 +45,13 @@ pub struct Line {
     pub rule: Option<String>,
     pub unit: Option<String>,
     pub socket_unit: Option<String>,
-    /// The text format's line, for journald's MESSAGE.
-    pub text: String,
+    /// The text format's line, for journald's MESSAGE: made only when a journald sink runs.
+    pub text: Option<String>,
 }
 
 impl Line {
-    pub fn encode(e: &Event) -> serde_json::Result<Line> {
+    /// The line of `e`, with its text line when `text`.
+    pub fn encode(e: &Event, text: bool) -> serde_json::Result<Line> {
         let mut json = serde_json::to_string(e)?;
         json.push('\n');
         let (severity, rule, mut unit, mut socket_unit) = match &e.data {
@@ -85,7 +86,7 @@ impl Line {
             rule,
             unit,
             socket_unit,
-            text: render::line(e, false),
+            text: text.then(|| render::line(e, false)),
         })
     }
 }
@@ -207,13 +208,20 @@ pub async fn batch(rx: &mut mpsc::Receiver<Arc<Line>>) -> Option<(Vec<u8>, u64)>
 }
 
 /// The same, for a sink writing from a thread of its own (blocking writes: stdout, files).
+/// Woken by the first line, it lingers a moment for more: a thread woken for every line of a
+/// busy stream costs more in switches than the writing does.
 pub fn batch_blocking(rx: &mut mpsc::Receiver<Arc<Line>>) -> Option<(Vec<u8>, u64)> {
     let first = rx.blocking_recv()?;
+    std::thread::sleep(LINGER);
     Some(more(first, rx))
 }
 
+/// How long a blocking sink waits for more lines once one came.
+const LINGER: Duration = Duration::from_millis(5);
+
 fn more(first: Arc<Line>, rx: &mut mpsc::Receiver<Arc<Line>>) -> (Vec<u8>, u64) {
-    let mut bytes = first.json.as_bytes().to_vec();
+    let mut bytes = Vec::with_capacity(BATCH_BYTES + first.json.len());
+    bytes.extend_from_slice(first.json.as_bytes());
     let mut lines = 1;
     while bytes.len() < BATCH_BYTES {
         match rx.try_recv() {
@@ -476,7 +484,11 @@ impl Emit for Sinks {
         for o in &mut self.observers {
             o(&event);
         }
-        let line = Arc::new(Line::encode(&event)?);
+        let text = self
+            .sinks
+            .iter()
+            .any(|s| s.config.kind == SinkKind::Journald);
+        let line = Arc::new(Line::encode(&event, text)?);
         for s in &self.sinks {
             if let Err(e) = s.tx.try_send(line.clone()) {
                 if s.stats.dropped.load(Ordering::Relaxed) == s.reported {
@@ -561,7 +573,7 @@ mod tests {
             .iter()
             .find(|e| matches!(&e.data, Data::Finding(f) if f.severity == "error"))
             .expect("the recording has an error finding");
-        let line = Line::encode(finding).unwrap();
+        let line = Line::encode(finding, true).unwrap();
         assert!(line.json.ends_with('\n') && !line.json[..line.json.len() - 1].contains('\n'));
         let back: Event = serde_json::from_str(&line.json).unwrap();
         assert_eq!(&back, finding);
@@ -571,7 +583,7 @@ mod tests {
             .iter()
             .find(|e| matches!(e.data, Data::Accept(_)))
             .expect("an accept");
-        let line = Line::encode(accept).unwrap();
+        let line = Line::encode(accept, true).unwrap();
         assert_eq!(
             (line.kind, line.severity, line.rule.as_deref()),
             ("accept", 6, None)

@@ -442,7 +442,7 @@ mod tests {
                 .expect("an error finding"),
         )
         .unwrap();
-        let line = Line::encode(&e).unwrap();
+        let line = Line::encode(&e, false).unwrap();
         let msg = String::from_utf8(syslog_message(&line, 42)).unwrap();
         let (header, json) = msg.split_once(" - {").unwrap();
         let fields: Vec<&str> = header.split(' ').collect();

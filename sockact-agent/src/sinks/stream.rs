@@ -136,11 +136,14 @@ mod tests {
         assert_eq!(seqs, [1, 2, 3]);
         assert_eq!(
             first[0].trim_end(),
-            Line::encode(&{
-                let mut e = events[0].clone();
-                e.seq = 1;
-                e
-            })
+            Line::encode(
+                &{
+                    let mut e = events[0].clone();
+                    e.seq = 1;
+                    e
+                },
+                false
+            )
             .unwrap()
             .json
             .trim_end()
