@@ -65,14 +65,24 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The agent's program names, from its `attached` line.
+/// The agent's program names, from its `attached` line (its stdout sink writes it a few
+/// milliseconds after READY=1).
 fn attached(output: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(output)?;
-    let line = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["action"] == "attached")
-        .context("the agent wrote no attached line")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(output)?;
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["action"] == "attached");
+        match found {
+            Some(line) => break line,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None => bail!("the agent wrote no attached line within 10 s"),
+        }
+    };
     Ok(line["attached"]
         .as_array()
         .context("attached")?
