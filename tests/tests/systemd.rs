@@ -1039,7 +1039,9 @@ fn a_restart_nobody_waited_through_and_a_late_client_are_no_gap_and_no_cold_star
     let (one, all) = (t.0.stop(), t.1.stop());
     record("idle_restart", &one);
     let wait = late["wait_us"].as_u64().expect("the kernel timed its wait");
-    assert!(wait < 5_000, "the new process was ready: {late}");
+    // A running server takes a connection within milliseconds (a busy 2-core machine has
+    // been seen at 12 ms); one still starting takes python's start-up, well over 50 ms.
+    assert!(wait < 50_000, "the new process was ready: {late}");
     for lines in [&one, &all] {
         let timed: Vec<&Value> = lines
             .iter()
