@@ -87,6 +87,16 @@ fn spawn_agent(args: &[&str]) -> Child {
         .expect("starting sockact-agent")
 }
 
+/// sockact-agent with a configuration file, against the test bed's systemd.
+fn agent_on(c: &Container, config: &Path) -> Trace {
+    Trace::agent(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--systemd-bus",
+        &c.bus_address(),
+    ])
+}
+
 /// Reads stdout lines until one matches.
 fn read_until(out: &mut impl BufRead, pred: impl Fn(&Value) -> bool) -> Value {
     loop {
@@ -255,13 +265,7 @@ listen = "127.0.0.1:{metrics_port}"
     );
     let config_path = dir.join("agent.toml");
     std::fs::write(&config_path, config).unwrap();
-    let bus = c.bus_address();
-    let mut agent = Trace::agent(&[
-        "--config",
-        config_path.to_str().unwrap(),
-        "--systemd-bus",
-        &bus,
-    ]);
+    let mut agent = agent_on(&c, &config_path);
 
     // The scenario: broken.service binds its own port when activated; echo serves.
     let _waiting = TcpStream::connect(("127.0.0.1", c.port(3))).unwrap();
@@ -413,13 +417,7 @@ fn journald_gets_structured_fields_and_sighup_adds_a_sink_without_losing_events(
         std::fs::write(&config_path, config).unwrap();
     };
     write_config("");
-    let bus = c.bus_address();
-    let mut agent = Trace::agent(&[
-        "--config",
-        config_path.to_str().unwrap(),
-        "--systemd-bus",
-        &bus,
-    ]);
+    let mut agent = agent_on(&c, &config_path);
     let _waiting = TcpStream::connect(("127.0.0.1", c.port(3))).unwrap();
     let finding = agent.wait_for(WAIT, |v| v["rule"] == "double_bind");
     assert_eq!(ask(c.port(1)), "echo");

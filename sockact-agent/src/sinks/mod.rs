@@ -363,6 +363,8 @@ pub struct Sinks {
     observers: Vec<Observer>,
     /// Every sink's name and counters, as the metrics read them.
     shared: SinkStats,
+    /// Whether a journald sink runs (and lines carry their text line).
+    text_lines: bool,
 }
 
 /// Sees every event as it is written (the metrics).
@@ -387,6 +389,7 @@ impl Sinks {
             control,
             observers: Vec::new(),
             shared: SinkStats::default(),
+            text_lines: false,
         };
         for c in configs {
             let sink = sinks.spawn(c.clone());
@@ -406,7 +409,13 @@ impl Sinks {
         self.shared.clone()
     }
 
-    fn share(&self) {
+    /// Publishes the running sinks to the metrics and notes what their lines need; after
+    /// every change of the set.
+    fn share(&mut self) {
+        self.text_lines = self
+            .sinks
+            .iter()
+            .any(|s| s.config.kind == SinkKind::Journald);
         *self.shared.lock().expect("not poisoned") = self
             .sinks
             .iter()
@@ -484,10 +493,7 @@ impl Emit for Sinks {
         for o in &mut self.observers {
             o(&event);
         }
-        let text = self
-            .sinks
-            .iter()
-            .any(|s| s.config.kind == SinkKind::Journald);
+        let text = self.text_lines;
         let line = Arc::new(Line::encode(&event, text)?);
         for s in &self.sinks {
             if let Err(e) = s.tx.try_send(line.clone()) {
