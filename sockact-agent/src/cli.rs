@@ -131,6 +131,9 @@ pub struct TraceConfig {
     pub duration: Option<Duration>,
     pub kernel_log: bool,
     pub thresholds: Thresholds,
+    /// Keep running when the kernel lets a core family of events (exec, bind, listen, accept)
+    /// attach nowhere (the agent), instead of failing (`sockact-trace`).
+    pub run_degraded: bool,
 }
 
 impl Cli {
@@ -155,6 +158,7 @@ impl Cli {
             duration: self.duration,
             kernel_log: self.kernel_log,
             thresholds: self.thresholds(),
+            run_degraded: false,
         }
     }
 }

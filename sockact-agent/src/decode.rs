@@ -3,7 +3,7 @@
 use sockact_common::{
     AcceptRecord, BindRecord, ConnectRecord, ExecRecord, ExitRecord, ListenRecord, QueueRecord,
     RECORD_VERSION, RecordHeader, RecordKind, ShutdownRecord, SockAddrRaw, SockInfo, connect_flags,
-    exec_flags, sock_flags,
+    exec_flags, queue_flags, sock_flags,
 };
 
 use crate::{
@@ -145,7 +145,7 @@ impl Record {
                 inode: r.inode,
                 depth: r.depth,
                 backlog: Some(r.backlog),
-                drops: Some(u64::from(r.drops)),
+                drops: (r.flags & queue_flags::DROPS_UNREAD == 0).then(|| u64::from(r.drops)),
             }),
             Record::Accept(r) if r.ret >= 0 && valid(&r.listener) && r.listener.inode != 0 => {
                 Some(Observation {
@@ -551,6 +551,15 @@ mod tests {
             (o.ts, o.inode, o.depth, o.backlog, o.drops),
             (1_010, 77, 5, Some(4), Some(12))
         );
+        // Written from the connection's socket (kernels without sk_data_ready): the listener's
+        // drop counter was not read, and is not taken for zero.
+        r.flags = queue_flags::DROPS_UNREAD;
+        r.drops = 0;
+        let o = parse(&bytes_of(&r))
+            .unwrap()
+            .queue_observation(&Clock::fixed(10))
+            .unwrap();
+        assert_eq!((o.depth, o.drops), (5, None));
     }
 
     #[test]

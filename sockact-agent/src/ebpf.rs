@@ -7,61 +7,268 @@ use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::{TracePoint, trace_point::TracePointLink},
 };
-use sockact_common::{FilterConfig, KernelOffsets, counter, names};
+use sockact_common::{FilterConfig, KernelOffsets, ListenAddr, counter, names};
 
-use crate::events::AttachFailure;
+use crate::{
+    events::AttachFailure,
+    features::{Family, Features, Kernel},
+};
 
 /// The object built by build.rs from sockact-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sockact"));
 
-/// Every program, with its tracepoint: `(program, category, tracepoint)`. Exits come first:
-/// a syscall's exit must be in place before its entry parks anything for it.
-pub const PROGRAMS: &[(&str, &str, &str)] = &[
-    ("syscalls_sys_exit_execve", "syscalls", "sys_exit_execve"),
-    (
+/// Where a program is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// On every kernel.
+    Always,
+    /// Where the kernel has the `bpf_loop` helper (5.17+).
+    BpfLoop,
+    /// Where it has not: the same work as a bounded loop.
+    Bounded,
+    /// Where the kernel has its tracepoint; where it has not, another mechanism stands in, so
+    /// that it is not a failure (`sock:sk_data_ready`, 6.3+).
+    IfPresent,
+}
+
+/// One program of the object and its tracepoint.
+#[derive(Clone, Copy, Debug)]
+pub struct Program {
+    pub name: &'static str,
+    pub category: &'static str,
+    pub tracepoint: &'static str,
+    /// The family it serves alone (None: several, see [`features`]).
+    pub family: Option<Family>,
+    pub variant: Variant,
+}
+
+const fn program(
+    name: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+    family: Option<Family>,
+    variant: Variant,
+) -> Program {
+    Program {
+        name,
+        category,
+        tracepoint,
+        family,
+        variant,
+    }
+}
+
+use Variant::{Always, Bounded, BpfLoop, IfPresent};
+
+const EXEC: Option<Family> = Some(Family::Exec);
+const BIND: Option<Family> = Some(Family::Bind);
+const LISTEN: Option<Family> = Some(Family::Listen);
+const ACCEPT: Option<Family> = Some(Family::Accept);
+const CONNECT: Option<Family> = Some(Family::Connect);
+const SHUTDOWN: Option<Family> = Some(Family::Shutdown);
+const LIFETIMES: Option<Family> = Some(Family::Lifetimes);
+const QUEUE: Option<Family> = Some(Family::AcceptQueue);
+
+/// Every program. Exits come first: a syscall's exit must be in place before its entry parks
+/// anything for it.
+pub const PROGRAMS: &[Program] = &[
+    program(
+        "syscalls_sys_exit_execve",
+        "syscalls",
+        "sys_exit_execve",
+        EXEC,
+        Always,
+    ),
+    program(
         "syscalls_sys_exit_execveat",
         "syscalls",
         "sys_exit_execveat",
+        EXEC,
+        Always,
     ),
-    ("syscalls_sys_exit_bind", "syscalls", "sys_exit_bind"),
-    ("syscalls_sys_exit_listen", "syscalls", "sys_exit_listen"),
-    ("syscalls_sys_exit_accept", "syscalls", "sys_exit_accept"),
-    ("syscalls_sys_exit_accept4", "syscalls", "sys_exit_accept4"),
-    ("syscalls_sys_exit_connect", "syscalls", "sys_exit_connect"),
-    (
+    program(
+        "syscalls_sys_exit_bind",
+        "syscalls",
+        "sys_exit_bind",
+        BIND,
+        Always,
+    ),
+    program(
+        "syscalls_sys_exit_listen",
+        "syscalls",
+        "sys_exit_listen",
+        LISTEN,
+        Always,
+    ),
+    program(
+        "syscalls_sys_exit_accept",
+        "syscalls",
+        "sys_exit_accept",
+        ACCEPT,
+        Always,
+    ),
+    program(
+        "syscalls_sys_exit_accept4",
+        "syscalls",
+        "sys_exit_accept4",
+        ACCEPT,
+        Always,
+    ),
+    program(
+        "syscalls_sys_exit_connect",
+        "syscalls",
+        "sys_exit_connect",
+        CONNECT,
+        Always,
+    ),
+    program(
         "syscalls_sys_exit_shutdown",
         "syscalls",
         "sys_exit_shutdown",
+        SHUTDOWN,
+        Always,
     ),
-    ("sock_inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("sock_sk_data_ready", "sock", "sk_data_ready"),
-    ("sched_sched_process_fork", "sched", "sched_process_fork"),
-    ("sched_sched_process_exit", "sched", "sched_process_exit"),
-    ("syscalls_sys_enter_execve", "syscalls", "sys_enter_execve"),
-    (
+    // Connect outcomes, listeners closing, and the accept queue where sk_data_ready is missing.
+    program(
+        "sock_inet_sock_set_state",
+        "sock",
+        "inet_sock_set_state",
+        None,
+        Always,
+    ),
+    program(
+        "sock_sk_data_ready",
+        "sock",
+        "sk_data_ready",
+        QUEUE,
+        IfPresent,
+    ),
+    program(
+        "sched_sched_process_fork",
+        "sched",
+        "sched_process_fork",
+        LIFETIMES,
+        Always,
+    ),
+    program(
+        "sched_sched_process_exit",
+        "sched",
+        "sched_process_exit",
+        LIFETIMES,
+        Always,
+    ),
+    program(
+        "syscalls_sys_enter_execve",
+        "syscalls",
+        "sys_enter_execve",
+        EXEC,
+        BpfLoop,
+    ),
+    program(
         "syscalls_sys_enter_execveat",
         "syscalls",
         "sys_enter_execveat",
+        EXEC,
+        BpfLoop,
     ),
-    ("syscalls_sys_enter_bind", "syscalls", "sys_enter_bind"),
-    ("syscalls_sys_enter_listen", "syscalls", "sys_enter_listen"),
-    ("syscalls_sys_enter_accept", "syscalls", "sys_enter_accept"),
-    (
+    program(
+        "syscalls_sys_enter_execve_bounded",
+        "syscalls",
+        "sys_enter_execve",
+        EXEC,
+        Bounded,
+    ),
+    program(
+        "syscalls_sys_enter_execveat_bounded",
+        "syscalls",
+        "sys_enter_execveat",
+        EXEC,
+        Bounded,
+    ),
+    program(
+        "syscalls_sys_enter_bind",
+        "syscalls",
+        "sys_enter_bind",
+        BIND,
+        Always,
+    ),
+    program(
+        "syscalls_sys_enter_listen",
+        "syscalls",
+        "sys_enter_listen",
+        LISTEN,
+        Always,
+    ),
+    program(
+        "syscalls_sys_enter_accept",
+        "syscalls",
+        "sys_enter_accept",
+        ACCEPT,
+        Always,
+    ),
+    program(
         "syscalls_sys_enter_accept4",
         "syscalls",
         "sys_enter_accept4",
+        ACCEPT,
+        Always,
     ),
-    (
+    program(
         "syscalls_sys_enter_connect",
         "syscalls",
         "sys_enter_connect",
+        CONNECT,
+        Always,
     ),
-    (
+    program(
         "syscalls_sys_enter_shutdown",
         "syscalls",
         "sys_enter_shutdown",
+        SHUTDOWN,
+        Always,
     ),
 ];
+
+impl Program {
+    /// Whether this kernel gets this program.
+    pub fn applies(&self, kernel: &Kernel) -> bool {
+        match self.variant {
+            Always => true,
+            BpfLoop => kernel.bpf_loop,
+            Bounded => !kernel.bpf_loop,
+            IfPresent => kernel.has_tracepoint(self.category, self.tracepoint),
+        }
+    }
+}
+
+/// The mechanism in use for each family, from the programs that attached: a family works when
+/// every program of it that this kernel gets attached.
+pub fn features(kernel: &Kernel, attached: &HashSet<&str>) -> Features {
+    let works = |family: Family| {
+        PROGRAMS
+            .iter()
+            .filter(|p| p.family == Some(family) && p.applies(kernel))
+            .all(|p| attached.contains(p.name))
+    };
+    let mut out = Features::new();
+    for family in Family::ALL {
+        let mechanism = match family {
+            Family::Exec => works(family).then_some(if kernel.bpf_loop {
+                "bpf_loop"
+            } else {
+                "bounded_loop"
+            }),
+            Family::Lifetimes => works(family).then_some("sched"),
+            Family::AcceptQueue if kernel.queue_via_set_state() => attached
+                .contains("sock_inet_sock_set_state")
+                .then_some("inet_sock_set_state"),
+            Family::AcceptQueue => works(family).then_some("sk_data_ready"),
+            _ => works(family).then_some("syscalls"),
+        };
+        out.insert(family, mechanism.map(str::to_owned));
+    }
+    out
+}
 
 /// Ring buffer size: a burst of about 16,000 bind-sized records.
 pub const RING_BYTES: u32 = 4 << 20;
@@ -87,6 +294,8 @@ pub enum EbpfError {
 
 /// What the loader needs to know.
 pub struct LoadOptions {
+    /// What the kernel has: which programs it gets.
+    pub kernel: Kernel,
     pub filter: FilterConfig,
     pub offsets: KernelOffsets,
     pub kernel_log: bool,
@@ -104,6 +313,8 @@ pub struct Loaded {
     counters: PerCpuArray<MapData, u64>,
     pub attached: Vec<String>,
     pub failed: Vec<AttachFailure>,
+    /// The mechanism in use for each family of events.
+    pub features: Features,
 }
 
 impl Drop for Loaded {
@@ -189,10 +400,12 @@ pub fn load(
         source,
     })?;
 
-    let (links, attached, failed) = attach_all(&mut ebpf, give_up)?;
+    let (links, attached, failed) = attach_all(&mut ebpf, &opts.kernel, give_up)?;
     if attached.is_empty() {
         return Err(EbpfError::NothingAttached);
     }
+    let names: HashSet<&str> = attached.iter().map(String::as_str).collect();
+    let features = features(&opts.kernel, &names);
     Ok(Loaded {
         ebpf: Some(ebpf),
         links,
@@ -200,29 +413,57 @@ pub fn load(
         counters,
         attached,
         failed,
+        features,
     })
 }
 
 type Attached = (Vec<TracePointLink>, Vec<String>, Vec<AttachFailure>);
 
-fn attach_all(ebpf: &mut Ebpf, give_up: &dyn Fn() -> bool) -> Result<Attached, EbpfError> {
+/// Programs to refuse as if the kernel had: a switch for tests of degraded kernels, honoured by
+/// debug builds only.
+const REFUSE_ENV: &str = "SOCKACT_REFUSE_PROGRAMS";
+
+fn refused_for_tests() -> Vec<String> {
+    if !cfg!(debug_assertions) {
+        return Vec::new();
+    }
+    std::env::var(REFUSE_ENV)
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn attach_all(
+    ebpf: &mut Ebpf,
+    kernel: &Kernel,
+    give_up: &dyn Fn() -> bool,
+) -> Result<Attached, EbpfError> {
     let mut links = Vec::new();
     let mut attached = Vec::new();
     let mut failed = Vec::new();
     let mut seen = HashSet::new();
-    for &(name, category, tracepoint) in PROGRAMS {
+    let refused = refused_for_tests();
+    for p in PROGRAMS {
+        let name = p.name;
+        seen.insert(name);
+        if !p.applies(kernel) {
+            continue;
+        }
         if give_up() {
             detach_all(links);
             return Err(EbpfError::GaveUp);
         }
-        seen.insert(name);
-        match attach_one(ebpf, name, category, tracepoint) {
+        let result = if refused.iter().any(|r| r == name) {
+            Err(format!("refused by {REFUSE_ENV} (a test switch)"))
+        } else {
+            attach_one(ebpf, name, p.category, p.tracepoint)
+        };
+        match result {
             Ok(link) => {
                 links.push(link);
                 attached.push(name.to_owned());
             }
             Err(error) => {
-                tracing::warn!("{name} not attached: {error}");
+                // Said by the caller: once, and only where it is not the whole story.
                 failed.push(AttachFailure {
                     program: name.to_owned(),
                     error,
@@ -286,7 +527,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
             .rev()
             .find(|l| {
                 let l = l.trim();
-                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+                !l.is_empty()
+                    && !l.starts_with("processed ")
+                    && !l.starts_with("verification time")
+                    && !l.starts_with("stack depth")
             });
         match verdict {
             Some(v) => format!("{head} ... {}", v.trim()),
@@ -399,17 +643,35 @@ impl Loaded {
         Ok(())
     }
 
-    /// Watches the accept queue of more listeners (the start-up snapshot's), by socket inode.
-    pub fn watch_listeners(&mut self, inodes: &[u64], bits: u32) -> Result<(), EbpfError> {
+    /// Watches the accept queue of more listeners (the start-up snapshot's), by socket inode,
+    /// with the local address of the TCP ones (see `LISTEN_ADDRS`).
+    pub fn watch_listeners(
+        &mut self,
+        listeners: &[(u64, Option<ListenAddr>)],
+        bits: u32,
+    ) -> Result<(), EbpfError> {
         let Some(mut map) = self.listeners()? else {
             return Ok(());
         };
-        for inode in inodes {
+        for (inode, _) in listeners {
             map.insert(inode, bits, 0)
                 .map_err(|source| EbpfError::Map {
                     name: names::LISTENERS,
                     source,
                 })?;
+        }
+        let Some(mut addrs) = self.listen_addrs()? else {
+            return Ok(());
+        };
+        for (inode, addr) in listeners {
+            if let Some(addr) = addr {
+                addrs
+                    .insert(addr, inode, 0)
+                    .map_err(|source| EbpfError::Map {
+                        name: names::LISTEN_ADDRS,
+                        source,
+                    })?;
+            }
         }
         Ok(())
     }
@@ -427,6 +689,34 @@ impl Loaded {
         if let Ok(Some(mut map)) = self.listeners() {
             let _ = map.remove(&inode);
         }
+        if let Ok(Some(mut addrs)) = self.listen_addrs() {
+            let keys: Vec<ListenAddr> = addrs
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|&(_, v)| v == inode)
+                .map(|(k, _)| k)
+                .collect();
+            for k in keys {
+                let _ = addrs.remove(&k);
+            }
+        }
+    }
+
+    fn listen_addrs(
+        &mut self,
+    ) -> Result<Option<BpfHashMap<&mut MapData, ListenAddr, u64>>, EbpfError> {
+        let Some(ebpf) = self.ebpf.as_mut() else {
+            return Ok(None);
+        };
+        let map = ebpf
+            .map_mut(names::LISTEN_ADDRS)
+            .ok_or(EbpfError::NoMap(names::LISTEN_ADDRS))?;
+        BpfHashMap::try_from(map)
+            .map(Some)
+            .map_err(|source| EbpfError::Map {
+                name: names::LISTEN_ADDRS,
+                source,
+            })
     }
 
     fn listeners(&mut self) -> Result<Option<BpfHashMap<&mut MapData, u64, u32>>, EbpfError> {
@@ -462,6 +752,28 @@ impl Loaded {
     }
 }
 
+/// `LISTEN_ADDRS`'s key for a TCP listener at `addr` (`127.0.0.1:80`, `[::]:80`) in the
+/// network namespace `netns`; None for any other address.
+pub fn listen_addr(addr: &str, netns: u32) -> Option<ListenAddr> {
+    let sa: std::net::SocketAddr = addr.parse().ok()?;
+    let mut key = ListenAddr {
+        netns,
+        port: sa.port(),
+        ..ListenAddr::default()
+    };
+    match sa.ip() {
+        std::net::IpAddr::V4(ip) => {
+            key.family = libc::AF_INET as u16;
+            key.addr[..4].copy_from_slice(&ip.octets());
+        }
+        std::net::IpAddr::V6(ip) => {
+            key.family = libc::AF_INET6 as u16;
+            key.addr = ip.octets();
+        }
+    }
+    Some(key)
+}
+
 impl std::os::fd::AsRawFd for Loaded {
     /// The ring buffer's fd: readable when records are waiting.
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
@@ -485,11 +797,122 @@ mod tests {
         let log = "0: R1=ctx() R10=fp0\n; let envp = arg(ctx, 2 + shift)?;\n\
                    12: (79) r1 = *(u64 *)(r6 +0)\n\
                    dereference of modified ctx ptr R6 off=24 disallowed\n\
+                   verification time 2933 usec\nstack depth 104\n\
                    processed 27 insns (limit 1000000) max_states_per_insn 0\n";
         assert_eq!(
             error_chain(&Rejected(log)),
             "the BPF_PROG_LOAD syscall returned Permission denied (os error 13). Verifier \
              output: 0: R1=ctx() R10=fp0 ... dereference of modified ctx ptr R6 off=24 disallowed"
         );
+    }
+
+    use object::{Object, ObjectSection, ObjectSymbol};
+
+    #[test]
+    fn the_table_holds_every_program_of_the_object() {
+        let obj = object::File::parse(OBJECT).unwrap();
+        let section = obj.section_by_name("tracepoint").unwrap().index();
+        let mut in_object: Vec<&str> = obj
+            .symbols()
+            .filter(|s| s.section_index() == Some(section) && s.is_global())
+            .map(|s| s.name().unwrap())
+            .collect();
+        in_object.sort();
+        let mut in_table: Vec<&str> = PROGRAMS.iter().map(|p| p.name).collect();
+        in_table.sort();
+        assert_eq!(in_object, in_table);
+    }
+
+    #[test]
+    fn no_program_calls_a_memory_builtin() {
+        // The BPF backend turns a memset or memcpy it does not expand into a call to a global
+        // function, which kernels before 6.x refuse: the whole program fails to load there.
+        let obj = object::File::parse(OBJECT).unwrap();
+        let builtins = ["memset", "memcpy", "memmove", "memcmp", "bcmp"];
+        let mut calls = Vec::new();
+        for section in obj.sections() {
+            for (at, reloc) in section.relocations() {
+                if let object::RelocationTarget::Symbol(i) = reloc.target() {
+                    let name = obj.symbol_by_index(i).unwrap().name().unwrap_or_default();
+                    if builtins.contains(&name) {
+                        calls.push(format!("{}+{at:#x}: {name}", section.name().unwrap()));
+                    }
+                }
+            }
+        }
+        assert!(calls.is_empty(), "calls to memory builtins: {calls:?}");
+    }
+
+    fn kernel(bpf_loop: bool, sk_data_ready: bool) -> (Kernel, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "sockact-features-{}-{bpf_loop}-{sk_data_ready}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ready = dir.join("events/sock/sk_data_ready");
+        std::fs::create_dir_all(dir.join("events/sock")).unwrap();
+        if sk_data_ready {
+            std::fs::create_dir_all(&ready).unwrap();
+            std::fs::write(ready.join("format"), "name: sk_data_ready\n").unwrap();
+        }
+        (Kernel::described("test", bpf_loop, &dir), dir)
+    }
+
+    fn applicable(k: &Kernel) -> HashSet<&'static str> {
+        PROGRAMS
+            .iter()
+            .filter(|p| p.applies(k))
+            .map(|p| p.name)
+            .collect()
+    }
+
+    #[test]
+    fn each_kernel_gets_one_variant_and_names_its_mechanisms() {
+        let (new, dir) = kernel(true, true);
+        let got = applicable(&new);
+        assert!(got.contains("syscalls_sys_enter_execve"));
+        assert!(!got.contains("syscalls_sys_enter_execve_bounded"));
+        assert!(got.contains("sock_sk_data_ready"));
+        let f = features(&new, &got);
+        assert_eq!(f[&Family::Exec].as_deref(), Some("bpf_loop"));
+        assert_eq!(f[&Family::AcceptQueue].as_deref(), Some("sk_data_ready"));
+        assert_eq!(f[&Family::Bind].as_deref(), Some("syscalls"));
+        assert_eq!(f[&Family::Lifetimes].as_deref(), Some("sched"));
+        let _ = std::fs::remove_dir_all(dir);
+
+        let (old, dir) = kernel(false, false);
+        let got = applicable(&old);
+        assert!(got.contains("syscalls_sys_enter_execveat_bounded"));
+        assert!(!got.contains("syscalls_sys_enter_execveat"));
+        assert!(!got.contains("sock_sk_data_ready"));
+        let f = features(&old, &got);
+        assert_eq!(f[&Family::Exec].as_deref(), Some("bounded_loop"));
+        assert_eq!(
+            f[&Family::AcceptQueue].as_deref(),
+            Some("inet_sock_set_state")
+        );
+        // One program of a family missing: the family is, and so is what stands in for one.
+        let mut partial = got.clone();
+        partial.remove("syscalls_sys_exit_bind");
+        partial.remove("sock_inet_sock_set_state");
+        let f = features(&old, &partial);
+        assert_eq!(f[&Family::Bind], None);
+        assert_eq!(f[&Family::AcceptQueue], None);
+        assert_eq!(f[&Family::Listen].as_deref(), Some("syscalls"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn listen_addrs_are_keyed_as_the_kernel_holds_them() {
+        let k = listen_addr("127.0.0.1:8080", 7).unwrap();
+        assert_eq!((k.netns, k.port, k.family), (7, 8080, libc::AF_INET as u16));
+        assert_eq!(k.addr, [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let k = listen_addr("[::]:443", 7).unwrap();
+        assert_eq!(
+            (k.port, k.family, k.addr),
+            (443, libc::AF_INET6 as u16, [0; 16])
+        );
+        assert_eq!(listen_addr("/run/x.sock", 7), None);
+        assert_eq!(listen_addr("@abstract", 7), None);
     }
 }

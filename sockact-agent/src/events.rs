@@ -341,7 +341,7 @@ pub struct Lost {
     pub since: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct Agent {
     /// `start`, `attached` or `stop`.
     pub action: String,
@@ -350,6 +350,15 @@ pub struct Agent {
     pub attached: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub failed: Option<Vec<AttachFailure>>,
+    /// On attached: the running kernel's release.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kernel: Option<String>,
+    /// On attached: each family's mechanism in use, null where this kernel gave none.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub features: Option<crate::features::Features>,
+    /// On attached: the rules that cannot work with those features.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub unavailable_rules: Option<Vec<String>>,
     /// On stop: records the kernel filter let through.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub submitted: Option<u64>,

@@ -13,6 +13,7 @@ pub mod detect;
 pub mod ebpf;
 pub mod errno;
 pub mod events;
+pub mod features;
 pub mod kernel_log;
 pub mod lint;
 pub mod logging;

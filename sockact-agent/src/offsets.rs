@@ -160,6 +160,20 @@ impl KernelBtf {
         })
     }
 
+    /// Whether `enum name` has the enumerator `value` (e.g. a helper in `enum bpf_func_id`).
+    pub fn has_enum_value(&self, name: &str, value: &str) -> bool {
+        let Ok(types) = self.btf.resolve_types_by_name(name) else {
+            return false;
+        };
+        types.iter().any(|t| match t {
+            Type::Enum(e) => e
+                .members
+                .iter()
+                .any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == value)),
+            _ => false,
+        })
+    }
+
     fn offset(&self, strukt: &str, path: &[&str]) -> Result<u32, OffsetError> {
         Ok(self.member(strukt, path)?.byte)
     }
@@ -314,5 +328,14 @@ format:
             .unwrap();
         assert_eq!(reuse.bitfield, Some(1));
         assert!(btf.member("sock", &["no_such_member"]).is_err());
+    }
+
+    #[test]
+    fn finds_helpers_by_the_kernels_own_list() {
+        let btf = KernelBtf::open(Path::new(VMLINUX_BTF)).unwrap();
+        // As old as BPF itself, and never a helper.
+        assert!(btf.has_enum_value("bpf_func_id", "BPF_FUNC_map_lookup_elem"));
+        assert!(!btf.has_enum_value("bpf_func_id", "BPF_FUNC_no_such_helper"));
+        assert!(!btf.has_enum_value("no_such_enum", "BPF_FUNC_map_lookup_elem"));
     }
 }

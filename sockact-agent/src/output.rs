@@ -154,11 +154,7 @@ mod tests {
             data: Data::Agent(Agent {
                 action: action.into(),
                 version: "0".into(),
-                attached: None,
-                failed: None,
-                submitted: None,
-                lost: None,
-                received: None,
+                ..Agent::default()
             }),
             process: None,
         }

@@ -178,6 +178,19 @@ fn details(d: &Data) -> String {
                     let _ = write!(s, " failed:{}({})", f.program, f.error);
                 }
             }
+            if let Some(k) = &x.kernel {
+                let _ = write!(s, " kernel={k}");
+            }
+            if let Some(features) = &x.features {
+                let list: Vec<String> = features
+                    .iter()
+                    .map(|(f, m)| format!("{}={}", f.name(), m.as_deref().unwrap_or("none")))
+                    .collect();
+                let _ = write!(s, " {}", list.join(" "));
+            }
+            if let Some(rules) = x.unavailable_rules.as_ref().filter(|r| !r.is_empty()) {
+                let _ = write!(s, " unavailable_rules={}", rules.join(","));
+            }
             if let (Some(sub), Some(lost)) = (x.submitted, x.lost) {
                 let _ = write!(s, " submitted={sub} lost={lost}");
             }

@@ -69,6 +69,14 @@ pub fn ensure_tracefs() -> Result<PathBuf, SystemError> {
     Ok(PathBuf::from(target))
 }
 
+/// The inode number of this process's network namespace (0 when it cannot be read).
+pub fn own_netns() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/net")
+        .map(|m| m.ino() as u32)
+        .unwrap_or(0)
+}
+
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones (memcg accounting) do
 /// not, and may refuse the raise: that is fine.
 pub fn raise_memlock() {

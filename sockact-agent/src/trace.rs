@@ -4,7 +4,7 @@ use std::{io, path::PathBuf, time::Duration};
 
 use std::collections::HashSet;
 
-use sockact_common::{FilterConfig, listener_watch, watch};
+use sockact_common::{FilterConfig, filter_flags, listener_watch, watch};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{Signal, SignalKind},
@@ -24,6 +24,7 @@ use crate::{
     detect::Thresholds,
     ebpf::{self, Counters, LoadOptions, Loaded},
     events::{Agent, Data, Event, Finding, Listener, Lost, SCHEMA_VERSION, Unit},
+    features,
     offsets::{KernelBtf, OffsetError, VMLINUX_BTF},
     output::{Emit, Output},
     procfs,
@@ -67,6 +68,9 @@ pub enum TraceError {
     Write(io::Error),
     #[error("{0}")]
     Systemd(String),
+    /// A core family of events attached nowhere on this kernel.
+    #[error("{0}")]
+    Kernel(String),
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -179,11 +183,7 @@ impl Session {
         Agent {
             action: action.into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            attached: None,
-            failed: None,
-            submitted: None,
-            lost: None,
-            received: None,
+            ..Agent::default()
         }
     }
 
@@ -833,7 +833,10 @@ pub async fn run_with(
         .unwrap_or_else(|| PathBuf::from(VMLINUX_BTF));
     system::check_btf(&btf_path)?;
     let tracefs = system::ensure_tracefs()?;
-    let offsets = KernelBtf::open(&btf_path)?.kernel_offsets(&tracefs)?;
+    let btf = KernelBtf::open(&btf_path)?;
+    let offsets = btf.kernel_offsets(&tracefs)?;
+    let kernel = features::Kernel::probe(&btf, &tracefs);
+    drop(btf);
     system::raise_memlock();
 
     let mut selector = Selector::new(&config.pids, &config.ports);
@@ -886,14 +889,20 @@ pub async fn run_with(
     if let Err(e) = session.out.flush() {
         return finish_early(e.into());
     }
+    let queue_flag = if kernel.queue_via_set_state() {
+        filter_flags::QUEUE_VIA_SET_STATE
+    } else {
+        0
+    };
     let loaded = ebpf::load(
         making,
         &LoadOptions {
+            kernel: kernel.clone(),
             filter: FilterConfig {
                 self_tgid: std::process::id(),
                 all: config.all as u32,
                 ports: !config.ports.is_empty() as u32,
-                _pad: 0,
+                flags: queue_flag,
             },
             offsets,
             kernel_log: config.kernel_log,
@@ -918,13 +927,32 @@ pub async fn run_with(
     let mut attached = session.agent("attached");
     attached.attached = Some(loaded.attached.clone());
     attached.failed = Some(loaded.failed.clone());
+    attached.kernel = Some(kernel.release.clone());
+    attached.features = Some(loaded.features.clone());
+    attached.unavailable_rules = Some(features::unavailable_rules(&loaded.features));
     let attached = session.meta(Data::Agent(attached));
     if let Err(halt) = session.emit(attached) {
         return finish_early(halt);
     }
+    let missing = features::missing_core(&loaded.features);
+    if !missing.is_empty() && !config.run_degraded {
+        let _ = session.out.flush();
+        return Err(TraceError::Kernel(core_missing(&missing, &loaded.failed)));
+    }
+    for f in &loaded.failed {
+        tracing::warn!("{} not attached: {}", f.program, f.error);
+    }
+    if !missing.is_empty() {
+        tracing::error!(
+            "{}; running without them",
+            core_missing(&missing, &loaded.failed)
+        );
+    }
+    let netns = system::own_netns();
     let mut watched = Vec::new();
     for Existing { listener, drops } in existing {
         let inode = listener.inode;
+        let listener_addr = listener.addr.clone();
         let e = session.meta(Data::Listener(listener));
         if !session.selector.wants(&e, 0) {
             continue;
@@ -933,7 +961,7 @@ pub async fn run_with(
             return finish_early(halt);
         }
         if let Some(inode) = inode {
-            watched.push(inode);
+            watched.push((inode, ebpf::listen_addr(&listener_addr, netns)));
             if let Some(d) = drops {
                 session.queues.seed_drops(inode, u64::from(d));
             }
@@ -973,6 +1001,26 @@ pub async fn run_with(
             Err(halt) => finish_early(halt),
         },
     }
+}
+
+/// One line saying which core families could not attach, and why.
+fn core_missing(missing: &[features::Family], failed: &[crate::events::AttachFailure]) -> String {
+    let names: Vec<&str> = missing.iter().map(|f| f.name()).collect();
+    let why: Vec<String> = failed
+        .iter()
+        .filter(|f| {
+            ebpf::PROGRAMS
+                .iter()
+                .any(|p| p.name == f.program && p.family.is_some_and(|fam| missing.contains(&fam)))
+        })
+        .map(|f| format!("{}: {}", f.program, f.error))
+        .collect();
+    format!(
+        "this kernel gave no {} events ({}): without exec, bind, listen and accept there is \
+         nothing to correlate (-vv shows the verifier's log)",
+        names.join(", "),
+        why.join("; ")
+    )
 }
 
 fn finish_early(halt: Halt) -> Result<Stop, TraceError> {

@@ -18,6 +18,7 @@ pub mod names {
     pub const FILTER: &str = "FILTER";
     pub const OFFSETS: &str = "OFFSETS";
     pub const LISTENERS: &str = "LISTENERS";
+    pub const LISTEN_ADDRS: &str = "LISTEN_ADDRS";
 }
 
 /// What follows the header. Values are part of the wire format: never reuse one.
@@ -288,8 +289,17 @@ pub struct ShutdownRecord {
     pub unix: SockAddrRaw,
 }
 
-/// A connection queued on a watched listener (`sock:sk_data_ready`). Written in softirq
-/// context: the header's process fields are zero, only `ts_ns` counts.
+/// Bits of [`QueueRecord::flags`].
+pub mod queue_flags {
+    /// `drops` was not read: the record was written from the connection's own socket
+    /// (`sock:inet_sock_set_state`, kernels without `sock:sk_data_ready`), which does not carry
+    /// its listener's drop counter; sock_diag's samples do.
+    pub const DROPS_UNREAD: u16 = 1;
+}
+
+/// A connection queued on a watched listener (`sock:sk_data_ready`, or on kernels without it
+/// the connection's socket cloned from its listener in `sock:inet_sock_set_state`). Written in
+/// softirq context: the header's process fields are zero, only `ts_ns` counts.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct QueueRecord {
@@ -303,7 +313,31 @@ pub struct QueueRecord {
     /// sk_drops: connections the listener dropped since it was created.
     pub drops: u32,
     pub family: u16,
-    pub _pad: u16,
+    /// [`queue_flags`]; zero in records of version 3 written before the flags existed.
+    pub flags: u16,
+}
+
+/// A TCP listener's local address as the kernel holds it, the key of `LISTEN_ADDRS` (-> its
+/// socket inode): a connection's socket, cloned from its listener, carries the same until it
+/// is given its own, which is how the listener is found on kernels without
+/// `sock:sk_data_ready`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenAddr {
+    /// Inode number of the listener's network namespace.
+    pub netns: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+    /// IPv4 in the first 4 bytes (the rest zero), or IPv6; network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Bits of [`FilterConfig::flags`].
+pub mod filter_flags {
+    /// The kernel has no `sock:sk_data_ready`: connections arriving in watched listeners'
+    /// queues are seen in `sock:inet_sock_set_state` instead.
+    pub const QUEUE_VIA_SET_STATE: u32 = 1;
 }
 
 /// Settings the loader hands the programs as a global.
@@ -316,7 +350,8 @@ pub struct FilterConfig {
     pub all: u32,
     /// Non-zero: the `PORTS` map holds selected ports.
     pub ports: u32,
-    pub _pad: u32,
+    /// [`filter_flags`].
+    pub flags: u32,
 }
 
 /// Offsets of kernel structure members, resolved from BTF at start-up (aya's Rust eBPF has no
@@ -404,6 +439,7 @@ const _: () = {
     assert!(core::mem::size_of::<ShutdownRecord>() == 264);
     assert!(core::mem::size_of::<QueueRecord>() == 88);
     assert!(core::mem::size_of::<FilterConfig>() == 16);
+    assert!(core::mem::size_of::<ListenAddr>() == 24);
     assert!(core::mem::size_of::<KernelOffsets>() == 55 * 4);
 };
 
@@ -414,4 +450,5 @@ mod pod {
     // bit pattern.
     unsafe impl aya::Pod for FilterConfig {}
     unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for ListenAddr {}
 }

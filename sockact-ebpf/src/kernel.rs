@@ -11,8 +11,8 @@ use aya_ebpf::helpers::{
     },
 };
 use sockact_common::{
-    QueueRecord, RECORD_VERSION, RecordHeader, RecordKind, SOCKADDR_MAX, SockAddrRaw, SockInfo,
-    sock_flags,
+    ListenAddr, QueueRecord, RECORD_VERSION, RecordHeader, RecordKind, SOCKADDR_MAX, SockAddrRaw,
+    SockInfo, queue_flags, sock_flags,
 };
 
 use crate::maps::WATCHED;
@@ -70,9 +70,23 @@ fn current_task() -> *const u8 {
     unsafe { bpf_get_current_task() as *const u8 }
 }
 
+/// Reads `n` bytes (a constant at each call) of kernel memory into the start of `dst`; the
+/// helper zeroes them when the read fails.
+#[inline(always)]
+unsafe fn read_into<const N: usize>(dst: &mut [u8; N], n: u32, src: *const u8) {
+    let n = if n as usize > N { N as u32 } else { n };
+    // SAFETY: fault-tolerant kernel read of at most the destination's size.
+    unsafe { raw_read_kernel(dst.as_mut_ptr() as *mut c_void, n, src as *const c_void) };
+}
+
 /// Fills a header in place; `size` is the whole record's.
 #[inline(always)]
 pub fn fill_header(h: &mut RecordHeader, kind: RecordKind, size: usize, pid_tgid: u64) {
+    // Looked up with a key on the stack, before the record holds the same value: kernels
+    // before 6.x refuse a map key in ring-buffer memory.
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: points at a live map value.
+    let watch = WATCHED.get_ptr(&tgid).map(|b| unsafe { *b }).unwrap_or(0);
     h.kind = kind as u32;
     h.version = RECORD_VERSION;
     h.size = size as u16;
@@ -87,8 +101,7 @@ pub fn fill_header(h: &mut RecordHeader, kind: RecordKind, size: usize, pid_tgid
     h.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     h.ppid = 0;
     h.ns_pid = 0;
-    // SAFETY: points at a live map value.
-    h.watch = WATCHED.get_ptr(&h.pid).map(|b| unsafe { *b }).unwrap_or(0);
+    h.watch = watch;
     if let Some(()) = offsets() {
         let task = current_task();
         // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
@@ -268,7 +281,7 @@ pub fn fill_queue(rec: &mut QueueRecord, sk: *const u8, family: u16) -> *const u
     rec.backlog = 0;
     rec.drops = 0;
     rec.family = family;
-    rec._pad = 0;
+    rec.flags = 0;
     let Some(()) = offsets() else {
         return core::ptr::null();
     };
@@ -299,6 +312,62 @@ pub fn fill_queue(rec: &mut QueueRecord, sk: *const u8, family: u16) -> *const u
             None => core::ptr::null(),
         }
     }
+}
+
+/// Fills a queue record from a connection's socket just cloned from its listener
+/// (`sock:inet_sock_set_state`, LISTEN -> SYN_RECV): until the clone is given its own, it holds
+/// its listener's counters, the depth before this connection joins the queue included. The
+/// listener's drop counter is not among them (the clone's is reset).
+#[inline(always)]
+pub fn fill_queue_from_clone(rec: &mut QueueRecord, child: *const u8, family: u16) {
+    rec.family = family;
+    rec.flags = queue_flags::DROPS_UNREAD;
+    rec.drops = 0;
+    rec.depth = 0;
+    rec.backlog = 0;
+    let Some(()) = offsets() else { return };
+    // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
+    unsafe {
+        rec.backlog = read(child, off!(sk_max_ack_backlog)).unwrap_or(0);
+        let before: u32 = read(child, off!(sk_ack_backlog)).unwrap_or(0);
+        rec.depth = before.saturating_add(1);
+    }
+}
+
+/// A TCP socket's local address as `LISTEN_ADDRS` keys it.
+#[inline(always)]
+pub fn listen_addr_of(sk: *const u8) -> Option<ListenAddr> {
+    offsets()?;
+    let mut key = ListenAddr::default();
+    // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
+    unsafe {
+        key.family = read(sk, off!(sk_family))?;
+        key.port = read(sk, off!(sk_num))?;
+        let net = read_ptr(sk, off!(sk_net))?;
+        key.netns = read(net, off!(net_ns_inum))?;
+        if key.family == AF_INET {
+            read_into(&mut key.addr, 4, at(sk, off!(sk_rcv_saddr)));
+        } else if key.family == AF_INET6 {
+            read_into(&mut key.addr, 16, at(sk, off!(sk_v6_rcv_saddr)));
+        } else {
+            return None;
+        }
+    }
+    Some(key)
+}
+
+/// `LISTEN_ADDRS`'s key for a listener whose socket info was just read.
+#[inline(always)]
+pub fn listen_addr_of_info(info: &SockInfo) -> Option<ListenAddr> {
+    if info.family != AF_INET && info.family != AF_INET6 {
+        return None;
+    }
+    Some(ListenAddr {
+        netns: info.netns,
+        port: info.local_port,
+        family: info.family,
+        addr: info.local_addr,
+    })
 }
 
 /// The family of a socket.

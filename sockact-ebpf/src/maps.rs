@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use sockact_common::{ConnectRecord, ExecRecord, FilterConfig, KernelOffsets, counter};
+use sockact_common::{ConnectRecord, ExecRecord, FilterConfig, KernelOffsets, ListenAddr, counter};
 
 /// Records for userspace. Its size is set by the loader.
 #[map(name = "EVENTS")]
@@ -23,6 +23,12 @@ pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(32768, 0);
 /// listeners that already existed; the loader removes closed ones.
 #[map(name = "LISTENERS")]
 pub static LISTENERS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Watched TCP listeners by local address -> socket inode: how a connection's socket, cloned
+/// from its listener, finds that listener on kernels without `sock:sk_data_ready`. Filled where
+/// `LISTENERS` is, and emptied when the listener closes.
+#[map(name = "LISTEN_ADDRS")]
+pub static LISTEN_ADDRS: HashMap<ListenAddr, u64> = HashMap::with_max_entries(4096, 0);
 
 /// When each connection on a watched listener was queued: child `struct sock` -> [`Queued`],
 /// taken by the accept that returns it. LRU: a connection never accepted by a traced process
@@ -85,7 +91,7 @@ pub static FILTER: Global<FilterConfig> = Global::new(FilterConfig {
     self_tgid: 0,
     all: 0,
     ports: 0,
-    _pad: 0,
+    flags: 0,
 });
 
 #[unsafe(no_mangle)]

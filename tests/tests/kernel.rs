@@ -423,9 +423,19 @@ fn a_tracepoint_missing_at_start_is_reported_once_and_the_rest_works() {
         .iter()
         .map(|f| f["program"].as_str().expect("a program name"))
         .collect();
+    // sk_data_ready is not there, so it is not tried: set_state is what would stand in for
+    // it, and that fails.
+    assert_eq!(failed, ["sock_inet_sock_set_state"], "{attached}");
     assert_eq!(
-        failed,
-        ["sock_inet_sock_set_state", "sock_sk_data_ready"],
+        attached["features"]["accept_queue"],
+        Value::Null,
+        "{attached}"
+    );
+    assert!(
+        attached["unavailable_rules"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("backlog_overflow")),
         "{attached}"
     );
     for f in attached["failed"].as_array().unwrap() {
@@ -654,6 +664,101 @@ fn without_privileges_it_says_so_in_one_line_and_exits_1() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("needs root"), "{stderr}");
     assert!(out.stdout.is_empty(), "nothing on stdout");
+}
+
+/// What the running kernel offers, as the tests see it for themselves.
+fn has_tracepoint(category: &str, name: &str) -> bool {
+    ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+        .iter()
+        .any(|t| std::path::Path::new(&format!("{t}/events/{category}/{name}/format")).exists())
+}
+
+#[test]
+fn every_program_attaches_or_its_tracepoint_does_not_exist() {
+    let mut trace = Trace::start(&["--all"]);
+    let attached = trace.wait_for(WAIT, |v| v["kind"] == "agent" && v["action"] == "attached");
+    // The matrix's record of what each kernel gave.
+    eprintln!(
+        "kernel {} features {} unavailable_rules {}",
+        attached["kernel"], attached["features"], attached["unavailable_rules"]
+    );
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(attached["kernel"], release.trim());
+    // Trace::start saw an empty `failed`: nothing was refused, by the verifier or otherwise.
+    let features = attached["features"].as_object().expect("a features object");
+    for family in [
+        "exec",
+        "bind",
+        "listen",
+        "accept",
+        "connect",
+        "shutdown",
+        "lifetimes",
+        "accept_queue",
+    ] {
+        assert!(
+            features.get(family).is_some_and(|m| m.is_string()),
+            "{family} has no mechanism: {attached}"
+        );
+    }
+    let queue = if has_tracepoint("sock", "sk_data_ready") {
+        "sk_data_ready"
+    } else {
+        "inet_sock_set_state"
+    };
+    assert_eq!(features["accept_queue"], queue, "{attached}");
+    assert!(
+        ["bpf_loop", "bounded_loop"].contains(&features["exec"].as_str().unwrap()),
+        "{attached}"
+    );
+    assert_eq!(attached["unavailable_rules"], serde_json::json!([]));
+    // And the programs work: an exec with LISTEN_FDS, a bind, a listen and an accept.
+    let port = free_port();
+    let child = python(SELF_CONNECT, &[&port.to_string()]);
+    let pid = child.id();
+    wait_ok(child, "the self-connecting script");
+    trace.wait_for(WAIT, |v| v["kind"] == "exec" && v["pid"] == pid);
+    let lines = trace.stop();
+    for kind in ["bind", "listen", "connect", "accept", "exec"] {
+        assert!(!of(&lines, kind, pid).is_empty(), "no {kind} from {pid}");
+    }
+}
+
+/// bind and listen refused, as a kernel might refuse them.
+const REFUSE_BIND_AND_LISTEN: &str = "syscalls_sys_enter_bind,syscalls_sys_exit_bind,\
+                                      syscalls_sys_enter_listen,syscalls_sys_exit_listen";
+
+#[test]
+fn a_kernel_that_refuses_bind_and_listen_is_a_one_line_failure() {
+    require_root();
+    let out = Command::new(trace_bin())
+        .args(["--format", "json", "--duration", "5"])
+        .env("SOCKACT_REFUSE_PROGRAMS", REFUSE_BIND_AND_LISTEN)
+        .output()
+        .expect("running sockact-trace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("no bind, listen events"), "{stderr}");
+    assert!(stderr.contains("syscalls_sys_exit_bind"), "{stderr}");
+    // What the kernel allowed is in the stream too.
+    let attached = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| v["kind"] == "agent" && v["action"] == "attached")
+        .expect("an attached event");
+    assert_eq!(attached["features"]["bind"], Value::Null);
+    assert_eq!(attached["features"]["listen"], Value::Null);
+    assert_eq!(attached["features"]["accept"], "syscalls");
+    let unavailable = attached["unavailable_rules"].as_array().unwrap();
+    assert!(
+        unavailable.contains(&Value::from("double_bind")),
+        "{attached}"
+    );
+    assert!(
+        !unavailable.contains(&Value::from("crash_loop")),
+        "{attached}"
+    );
 }
 
 #[test]

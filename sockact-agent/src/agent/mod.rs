@@ -85,6 +85,7 @@ fn trace_config(args: &AgentArgs, c: &AgentConfig) -> TraceConfig {
         duration: args.duration,
         kernel_log: args.kernel_log,
         thresholds: c.thresholds.clone(),
+        run_degraded: true,
     }
 }
 

@@ -29,6 +29,23 @@ const TICK_NS: i128 = 100_000_000;
 /// Evidence is complete event objects, at most this many.
 pub const MAX_EVIDENCE: usize = 16;
 
+/// Every runtime rule, by name, in the engine's order.
+pub const RULES: &[&str] = &[
+    "double_bind",
+    "listen_pid_mismatch",
+    "fds_ignored",
+    "fdnames_duplicate",
+    "activation_failed",
+    "socket_inactive",
+    "accept_before_ready",
+    "cold_start",
+    "restart_gap",
+    "backlog_overflow",
+    "crash_loop",
+    "accept_yes_storm",
+    "listener_lost",
+];
+
 pub trait Rule {
     /// Looks at one event; pushes what it concludes.
     fn observe(&mut self, ctx: &Context, event: &Event, out: &mut Vec<Finding>);

@@ -64,6 +64,10 @@ pub struct Metrics {
     /// (listener, socket unit) -> queue.
     queues: BTreeMap<(String, String), QueueState>,
     drops: BTreeMap<(String, String), u64>,
+    /// From the `attached` event: each family's mechanism (None: the kernel gave none), and
+    /// the rules that cannot work here.
+    features: crate::features::Features,
+    unavailable_rules: Vec<String>,
 }
 
 /// A figure of a finding in milliseconds, as seconds.
@@ -134,6 +138,10 @@ impl Metrics {
                 let unit = l.socket_unit.clone().unwrap_or_default();
                 self.queues.remove(&(l.addr.clone(), unit));
             }
+            Data::Agent(a) if a.action == "attached" => {
+                self.features = a.features.clone().unwrap_or_default();
+                self.unavailable_rules = a.unavailable_rules.clone().unwrap_or_default();
+            }
             _ => {}
         }
     }
@@ -148,6 +156,29 @@ impl Metrics {
             "gauge",
             "The agent's version.",
             [(info.to_vec(), 1.0)],
+        );
+        family(
+            &mut out,
+            "sockact_kernel_feature",
+            "gauge",
+            "1 where this kernel lets a family of events be traced, with the mechanism in use; \
+             0 where it does not (the rules needing it are in sockact_rule_unavailable).",
+            self.features.iter().map(|(f, m)| {
+                let labels = vec![
+                    ("family", f.name().to_owned()),
+                    ("mechanism", m.clone().unwrap_or_else(|| "none".into())),
+                ];
+                (labels, if m.is_some() { 1.0 } else { 0.0 })
+            }),
+        );
+        family(
+            &mut out,
+            "sockact_rule_unavailable",
+            "gauge",
+            "Rules that cannot work on this kernel (what they need could not attach).",
+            self.unavailable_rules
+                .iter()
+                .map(|r| (vec![("rule", r.clone())], 1.0)),
         );
         let counter = |out: &mut String, name, help, rows: Vec<(Labels, f64)>| {
             family(out, name, "counter", help, rows)

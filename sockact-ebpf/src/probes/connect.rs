@@ -1,9 +1,8 @@
 //! connect(): the destination as the caller passed it, and the result (EINPROGRESS included).
 //! Kept for watched processes and selected ports. A non-blocking TCP connect that returned
 //! EINPROGRESS is parked, and its outcome sent when the socket leaves SYN_SENT
-//! (`sock:inet_sock_set_state`): ECONNREFUSED from a backend that is not listening yet reaches
-//! the caller only through SO_ERROR, never as connect()'s own result. The same tracepoint tells
-//! when a watched TCP listener closes, so that its inode leaves `LISTENERS`.
+//! (`sock:inet_sock_set_state`, state.rs): ECONNREFUSED from a backend that is not listening yet
+//! reaches the caller only through SO_ERROR, never as connect()'s own result.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -15,18 +14,14 @@ use sockact_common::{ConnectRecord, RecordKind, connect_flags};
 
 use crate::{
     filter::{any_port_selected, tgid_of, user_addr_port_selected, watched},
-    kernel::{
-        fill_header, fill_user_addr, now_ns, off, offsets, sock_err, sock_inode, sock_of_fd,
-        sock_state,
-    },
-    maps::{CONNECT_SCRATCH, CONNECTING, LISTENERS},
-    probes::{arg, field, park, reserve, restarted, ret, take, wake_flags},
+    kernel::{fill_header, fill_user_addr, now_ns, sock_err, sock_of_fd, sock_state},
+    maps::{CONNECT_SCRATCH, CONNECTING},
+    probes::{arg, park, reserve, restarted, ret, take, wake_flags},
 };
 
 const EINPROGRESS: i64 = 115;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
-const TCP_LISTEN: i32 = 10;
 
 #[tracepoint]
 pub fn syscalls_sys_enter_connect(ctx: TracePointContext) -> u32 {
@@ -37,12 +32,6 @@ pub fn syscalls_sys_enter_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn syscalls_sys_exit_connect(ctx: TracePointContext) -> u32 {
     let _ = try_exit(&ctx);
-    0
-}
-
-#[tracepoint]
-pub fn sock_inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    let _ = try_set_state(&ctx);
     0
 }
 
@@ -147,31 +136,11 @@ fn send(rec: &ConnectRecord, result: i64, flags: u32) {
     entry.submit(wake_flags());
 }
 
-/// `sock:inet_sock_set_state`'s usual layout: skaddr, oldstate, newstate after the common
-/// fields.
-const STATE_SKADDR: usize = 8;
-const STATE_OLD: usize = 16;
-const STATE_NEW: usize = 20;
-
-fn try_set_state(ctx: &TracePointContext) -> Option<()> {
-    offsets()?;
-    if off!(tp_state_old) == 0 {
-        return None;
-    }
-    let old: i32 = field(ctx, off!(tp_state_old), STATE_OLD)?;
-    if old == TCP_LISTEN {
-        // A closing listener's queue is watched no longer (nor is its inode, once reused).
-        let sk: u64 = field(ctx, off!(tp_state_skaddr), STATE_SKADDR)?;
-        let inode = sock_inode(sk as *const u8)?;
-        let _ = LISTENERS.remove(&inode);
-        return None;
-    }
-    if old != TCP_SYN_SENT {
-        return None;
-    }
-    let sk: u64 = field(ctx, off!(tp_state_skaddr), STATE_SKADDR)?;
+/// A parked non-blocking connect's socket left SYN_SENT for `new` (`sock:inet_sock_set_state`):
+/// its outcome is sent.
+#[inline(always)]
+pub fn left_syn_sent(sk: u64, new: i32) -> Option<()> {
     let parked = CONNECTING.get_ptr(&sk)?;
-    let new: i32 = field(ctx, off!(tp_state_new), STATE_NEW)?;
     if let Some(err) = outcome(new, sk as *const u8) {
         // SAFETY: a live map value; it is copied before the entry is removed.
         send(unsafe { &*parked }, -(err as i64), connect_flags::ASYNC);

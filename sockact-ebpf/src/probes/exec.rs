@@ -24,14 +24,28 @@ use crate::{
 
 #[tracepoint]
 pub fn syscalls_sys_enter_execve(ctx: TracePointContext) -> u32 {
-    let _ = try_enter::<0>(&ctx, 0);
+    let _ = try_enter::<0, true>(&ctx, 0);
     0
 }
 
 #[tracepoint]
 pub fn syscalls_sys_enter_execveat(ctx: TracePointContext) -> u32 {
     // execveat(dirfd, filename, argv, envp, flags): everything one argument later.
-    let _ = try_enter::<1>(&ctx, exec_flags::EXECVEAT);
+    let _ = try_enter::<1, true>(&ctx, exec_flags::EXECVEAT);
+    0
+}
+
+/// The same, for kernels without `bpf_loop` (before 5.17): the environment scanned by a
+/// bounded loop, which the verifier walks entry by entry.
+#[tracepoint]
+pub fn syscalls_sys_enter_execve_bounded(ctx: TracePointContext) -> u32 {
+    let _ = try_enter::<0, false>(&ctx, 0);
+    0
+}
+
+#[tracepoint]
+pub fn syscalls_sys_enter_execveat_bounded(ctx: TracePointContext) -> u32 {
+    let _ = try_enter::<1, false>(&ctx, exec_flags::EXECVEAT);
     0
 }
 
@@ -52,8 +66,12 @@ const LISTEN_PREFIX: u64 = u64::from_le_bytes(*b"LISTEN_\0");
 const PREFIX_MASK: u64 = 0x00ff_ffff_ffff_ffff;
 
 /// `SHIFT`: where the arguments start (execveat has a dirfd first). A constant, as the
-/// verifier takes only constant offsets into the context.
-fn try_enter<const SHIFT: usize>(ctx: &TracePointContext, flags: u32) -> Option<()> {
+/// verifier takes only constant offsets into the context. `LOOP`: the environment is scanned
+/// with `bpf_loop`.
+fn try_enter<const SHIFT: usize, const LOOP: bool>(
+    ctx: &TracePointContext,
+    flags: u32,
+) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = tgid_of(pid_tgid);
     let keep = watched(tgid)?;
@@ -70,7 +88,11 @@ fn try_enter<const SHIFT: usize>(ctx: &TracePointContext, flags: u32) -> Option<
     }
     // The environment scan writes the slot itself: no reference to it lives across the call.
     let envp: u64 = arg(ctx, 2 + SHIFT)?;
-    scan_env(envp);
+    if LOOP {
+        scan_env(envp);
+    } else {
+        scan_env_bounded(envp);
+    }
     // SAFETY: as above.
     let rec = unsafe { &mut *slot };
     if !keep && rec.flags & exec_flags::HAS_LISTEN_FDS == 0 {
@@ -137,6 +159,21 @@ fn scan_env(envp: u64) {
             (&mut scan as *mut EnvScan).cast(),
             0,
         );
+    }
+}
+
+/// The same scan as a bounded loop. The step stays a function of its own: a kernel without
+/// `bpf_loop` also cannot take it by reference (BPF_PSEUDO_FUNC came in 5.13), only as a call.
+fn scan_env_bounded(envp: u64) {
+    if envp == 0 {
+        return;
+    }
+    let mut scan = EnvScan { envp };
+    for i in 0..=ENVP_MAX as u64 {
+        // SAFETY: the context is this frame's, as bpf_loop would pass it.
+        if unsafe { env_entry(i, &mut scan) } != 0 {
+            return;
+        }
     }
 }
 

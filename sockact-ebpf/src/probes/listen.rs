@@ -8,8 +8,11 @@ use sockact_common::{ListenRecord, RecordKind, counter, listener_watch};
 
 use crate::{
     filter::{is_manager, port_selected, tgid_of, watched},
-    kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix, sock_local_port, sock_of_fd},
-    maps::{LISTENERS, count},
+    kernel::{
+        fill_header, fill_sock_info, fill_unix_addr, is_unix, listen_addr_of_info, sock_local_port,
+        sock_of_fd,
+    },
+    maps::{LISTEN_ADDRS, LISTENERS, count},
     probes::{arg, park, reserve, restarted, ret, take, wake_flags},
 };
 
@@ -76,6 +79,7 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         fill_unix_addr(&mut rec.unix, sk);
     }
     let inode = rec.sock.inode;
+    let key = listen_addr_of_info(&rec.sock);
     entry.submit(wake_flags());
     // After the record: a queue record of this listener never comes before its listen.
     if result == 0 && inode != 0 {
@@ -86,8 +90,12 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         } else {
             0
         };
-        if why != 0 && LISTENERS.insert(&inode, &why, 0).is_err() {
-            count(counter::LISTENERS_FULL);
+        if why != 0 {
+            if LISTENERS.insert(&inode, &why, 0).is_err() {
+                count(counter::LISTENERS_FULL);
+            } else if let Some(key) = key {
+                let _ = LISTEN_ADDRS.insert(&key, &inode, 0);
+            }
         }
     }
     Some(())

@@ -7,6 +7,7 @@ pub mod listen;
 pub mod queue;
 pub mod sched;
 pub mod shutdown;
+pub mod state;
 
 use aya_ebpf::{
     EbpfContext,
