@@ -52,6 +52,35 @@ pub fn require_root() {
     );
 }
 
+/// How many times slower than the machine the suite was written on the tests run
+/// (`SOCKACT_TEST_SLOWDOWN`, 1 by default): the kernel matrix's emulated CPU is. Waits scale by
+/// it, never what the tests assert.
+pub fn slowdown() -> u32 {
+    std::env::var("SOCKACT_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n >= 1)
+        .unwrap_or(1)
+}
+
+/// A wait, scaled by [`slowdown`].
+pub fn scaled(d: Duration) -> Duration {
+    d * slowdown()
+}
+
+/// Thresholds the test bed sets for every trace (`SOCKACT_TEST_SET`, comma-separated
+/// `RULE.KEY=VALUE`): on an emulated CPU a healthy python service takes more than a second to
+/// start, which `cold_start.warn_ms` rightly calls slow. A test about a threshold sets its own
+/// after these, which wins.
+pub fn bed_thresholds() -> Vec<String> {
+    std::env::var("SOCKACT_TEST_SET")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .flat_map(|s| ["--set".to_owned(), s.to_owned()])
+        .collect()
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -72,7 +101,9 @@ impl Trace {
     /// Starts the tracer and waits until every program is attached.
     pub fn start(args: &[&str]) -> Trace {
         let mut cmd = Command::new(trace_bin());
-        cmd.args(["--format", "json", "--duration", "60"])
+        let duration = scaled(Duration::from_secs(60)).as_secs().to_string();
+        cmd.args(["--format", "json", "--duration", &duration])
+            .args(bed_thresholds())
             .args(args);
         Trace::launch(cmd)
     }
@@ -159,6 +190,7 @@ impl Trace {
         if let Some(v) = self.seen.iter().find(|v| pred(v)) {
             return v.clone();
         }
+        let timeout = scaled(timeout);
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.pump(Duration::from_millis(50)) {
@@ -279,7 +311,7 @@ pub fn go(child: &Child) {
 /// Connects to a local port, retrying while nothing listens yet (a socket-activation helper
 /// that is still starting); fails the test after 10 s.
 pub fn connect(port: u16) -> std::net::TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
     loop {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
             Ok(s) => return s,

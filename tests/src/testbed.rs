@@ -2,6 +2,10 @@
 //! systemd-nspawn on an overlay of its own, with one scenario's units installed from
 //! `tests/scenarios/<name>/`. The container shares the host's network namespace, so clients
 //! run on the host; it is shut down when the [`Container`] is dropped, even after a failure.
+//!
+//! Inside the kernel matrix's virtual machines (`cargo xtask test --kernel`), where that root is
+//! the machine itself and its systemd is PID 1, `SOCKACT_TESTBED=pid1` makes the same scenarios
+//! run on that systemd: their units installed, started, then stopped and removed again.
 use std::{
     collections::BTreeMap,
     fs,
@@ -39,12 +43,27 @@ fn scenario_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Where a scenario's systemd runs.
+enum Bed {
+    /// A container of its own, booted by systemd-nspawn on an overlay of the cached root.
+    Nspawn {
+        nspawn: Child,
+        work: PathBuf,
+        merged: PathBuf,
+    },
+    /// The machine's own systemd (PID 1): the scenario's units, to stop and remove at the end.
+    Pid1 { units: Vec<String> },
+}
+
+/// Whether scenarios run on this machine's own systemd (see the module's doc).
+pub fn on_pid1() -> bool {
+    std::env::var_os("SOCKACT_TESTBED").is_some_and(|v| v == "pid1")
+}
+
 /// A booted container running one scenario.
 pub struct Container {
-    nspawn: Child,
+    bed: Bed,
     leader: u32,
-    work: PathBuf,
-    merged: PathBuf,
     /// `@PORT1@`... as substituted in the scenario's units.
     pub ports: BTreeMap<String, u16>,
     pub name: String,
@@ -55,6 +74,12 @@ impl Container {
     /// waits until systemd reports the system up.
     pub fn boot(name: &str, ports: usize) -> Container {
         require_root();
+        let ports: BTreeMap<String, u16> = (1..=ports)
+            .map(|i| (format!("@PORT{i}@"), free_port()))
+            .collect();
+        if on_pid1() {
+            return Container::on_pid1(name, ports);
+        }
         let lower = rootfs();
         static BOOTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = BOOTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -77,9 +102,6 @@ impl Container {
                 .arg(&merged),
             "mounting the scenario's overlay",
         );
-        let ports: BTreeMap<String, u16> = (1..=ports)
-            .map(|i| (format!("@PORT{i}@"), free_port()))
-            .collect();
         install(&scenario_dir(name), &merged, &ports, name);
         install(&scenario_dir(APPS), &merged, &ports, APPS);
         let log = fs::File::create(work.join("console.log")).unwrap();
@@ -101,9 +123,11 @@ impl Container {
             .expect("systemd-nspawn (package systemd-container)");
         let mut c = Container {
             leader: 0,
-            nspawn,
-            work,
-            merged,
+            bed: Bed::Nspawn {
+                nspawn,
+                work,
+                merged,
+            },
             ports,
             name: name.to_owned(),
         };
@@ -112,13 +136,46 @@ impl Container {
         c
     }
 
+    /// The scenario on this machine's own systemd: its units installed and their sockets
+    /// started, as a boot would have.
+    fn on_pid1(name: &str, ports: BTreeMap<String, u16>) -> Container {
+        let root = Path::new("/");
+        let mut units = install(&scenario_dir(name), root, &ports, name);
+        units.extend(install(&scenario_dir(APPS), root, &ports, APPS));
+        let c = Container {
+            bed: Bed::Pid1 { units },
+            leader: 1,
+            ports,
+            name: name.to_owned(),
+        };
+        c.systemctl_ok(&["daemon-reload"]);
+        let Bed::Pid1 { units } = &c.bed else {
+            unreachable!()
+        };
+        let sockets: Vec<&str> = units
+            .iter()
+            .map(String::as_str)
+            .filter(|u| u.ends_with(".socket"))
+            .collect();
+        if !sockets.is_empty() {
+            let mut args = vec!["start"];
+            args.extend(sockets);
+            c.systemctl_ok(&args);
+        }
+        c
+    }
+
     fn find_leader(&mut self) -> u32 {
+        let Bed::Nspawn { nspawn, .. } = &mut self.bed else {
+            return 1;
+        };
+        let parent = nspawn.id();
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.nspawn.try_wait() {
+            if let Ok(Some(status)) = nspawn.try_wait() {
                 panic!("systemd-nspawn exited early ({status}): {}", self.console());
             }
-            if let Some(pid) = child_named(self.nspawn.id(), "systemd") {
+            if let Some(pid) = child_named(parent, "systemd") {
                 return pid;
             }
             sleep(Duration::from_millis(50));
@@ -146,7 +203,10 @@ impl Container {
 
     /// The container's root directory on the host (its overlay), to put files in.
     pub fn root(&self) -> &Path {
-        &self.merged
+        match &self.bed {
+            Bed::Nspawn { merged, .. } => merged,
+            Bed::Pid1 { .. } => Path::new("/"),
+        }
     }
 
     /// The container's PID 1, as the host sees it.
@@ -208,7 +268,12 @@ impl Container {
 
     /// What the container's console and journal say, for failure messages.
     pub fn console(&self) -> String {
-        fs::read_to_string(self.work.join("console.log")).unwrap_or_default()
+        match &self.bed {
+            Bed::Nspawn { work, .. } => {
+                fs::read_to_string(work.join("console.log")).unwrap_or_default()
+            }
+            Bed::Pid1 { .. } => String::new(),
+        }
     }
 
     /// The journal of a unit, for failure messages.
@@ -220,26 +285,62 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        // SIGTERM makes nspawn power the container off; give it a few seconds, then kill.
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.nspawn.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.nspawn.try_wait() {
-                break;
+        match &mut self.bed {
+            Bed::Nspawn {
+                nspawn,
+                work,
+                merged,
+            } => {
+                // SIGTERM makes nspawn power the container off; give it a few seconds, then
+                // kill.
+                // SAFETY: plain kill(2) on our own child.
+                unsafe { libc::kill(nspawn.id() as i32, libc::SIGTERM) };
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = nspawn.try_wait() {
+                        break;
+                    }
+                    sleep(Duration::from_millis(50));
+                }
+                let _ = nspawn.kill();
+                let _ = nspawn.wait();
+                let _ = Command::new("umount").arg("-l").arg(&*merged).status();
+                let _ = fs::remove_dir_all(&*work);
             }
-            sleep(Duration::from_millis(50));
+            Bed::Pid1 { units } => {
+                // Sockets first, so that nothing is activated again while services stop;
+                // template instances by pattern.
+                let units = std::mem::take(units);
+                let names: Vec<String> = units.iter().map(|u| u.replace("@.", "@*.")).collect();
+                for batch in [
+                    names
+                        .iter()
+                        .filter(|u| u.ends_with(".socket"))
+                        .collect::<Vec<_>>(),
+                    names.iter().filter(|u| !u.ends_with(".socket")).collect(),
+                ] {
+                    let mut args = vec!["stop"];
+                    args.extend(batch.iter().map(|u| u.as_str()));
+                    let _ = self.systemctl(&args);
+                }
+                let dir = Path::new("/etc/systemd/system");
+                for unit in &units {
+                    let _ = fs::remove_file(dir.join(unit));
+                    let _ = fs::remove_file(dir.join("sockets.target.wants").join(unit));
+                }
+                let _ = fs::remove_dir_all(Path::new("/opt/sockact").join(&self.name));
+                let _ = self.systemctl(&["daemon-reload"]);
+                let _ = self.systemctl(&["reset-failed"]);
+            }
         }
-        let _ = self.nspawn.kill();
-        let _ = self.nspawn.wait();
-        let _ = Command::new("umount").arg("-l").arg(&self.merged).status();
-        let _ = fs::remove_dir_all(&self.work);
     }
 }
 
 /// Copies a scenario into the root: units to /etc/systemd/system (sockets enabled), every
-/// other file to /opt/sockact/<name>/; `@PORTn@`, `@APP@` and `@APPS@` substituted.
-fn install(src: &Path, root: &Path, ports: &BTreeMap<String, u16>, name: &str) {
+/// other file to /opt/sockact/<name>/; `@PORTn@`, `@APP@` and `@APPS@` substituted. Returns
+/// the names of the units it installed.
+fn install(src: &Path, root: &Path, ports: &BTreeMap<String, u16>, name: &str) -> Vec<String> {
+    let mut installed = Vec::new();
     let units = root.join("etc/systemd/system");
     let wants = units.join("sockets.target.wants");
     let app = root.join("opt/sockact").join(name);
@@ -267,7 +368,11 @@ fn install(src: &Path, root: &Path, ports: &BTreeMap<String, u16>, name: &str) {
         if file.ends_with(".socket") {
             let _ = std::os::unix::fs::symlink(format!("../{file}"), wants.join(&file));
         }
+        if is_unit {
+            installed.push(file);
+        }
     }
+    installed
 }
 
 fn run_ok(cmd: &mut Command, what: &str) {

@@ -16,7 +16,8 @@ use std::process::Command;
 use serde_json::Value;
 use sockact_tests::{
     Trace, connect, flood, free_port, listen_overflows, of, python, record, ss_drops,
-    testbed::Container, trace_bin, unprivileged,
+    testbed::{self, Container},
+    trace_bin, unprivileged,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -50,14 +51,20 @@ fn healthy_activation_is_seen_with_namespace_aware_pids() {
         .iter()
         .find(|v| v["listen_fds"] == 2)
         .unwrap_or_else(|| panic!("no exec with listen_fds 2 by {pid}: {lines:?}"));
-    let ns_pid = exec["ns_pid"]
-        .as_u64()
-        .expect("a process in the container has an ns_pid");
-    assert_ne!(ns_pid, pid as u64);
-    assert_eq!(
-        exec["listen_pid"], ns_pid,
-        "LISTEN_PID is the container's PID"
-    );
+    if testbed::on_pid1() {
+        // The machine's own systemd: one PID namespace, no ns_pid.
+        assert!(exec.get("ns_pid").is_none(), "{exec}");
+        assert_eq!(exec["listen_pid"], pid, "LISTEN_PID is the host's PID");
+    } else {
+        let ns_pid = exec["ns_pid"]
+            .as_u64()
+            .expect("a process in the container has an ns_pid");
+        assert_ne!(ns_pid, pid as u64);
+        assert_eq!(
+            exec["listen_pid"], ns_pid,
+            "LISTEN_PID is the container's PID"
+        );
+    }
     let mut names: Vec<&str> = exec["listen_fdnames"]
         .as_array()
         .expect("listen_fdnames")
@@ -160,7 +167,7 @@ fn unit_selector_resolves_both_sockets_attributes_and_follows_a_restart() {
         .find(|v| v["listen_fds"] == 2)
         .unwrap_or_else(|| panic!("no activation of {pid}: {lines:?}"));
     assert_eq!(exec["unit"], "echo.service");
-    assert_eq!(exec["listen_pid"], exec["ns_pid"]);
+    assert_eq!(exec["listen_pid"], *own_pid(exec));
     assert!(
         exec.get("socket_unit").is_none(),
         "two socket units: none on process events"
@@ -425,6 +432,12 @@ fn a_second_listener_with_reuseport_and_a_rebound_unix_path_are_double_binds() {
     );
 }
 
+/// A process's PID in its own PID namespace, as LISTEN_PID names it: `ns_pid` where it differs
+/// from the host's.
+fn own_pid(v: &Value) -> &Value {
+    v.get("ns_pid").unwrap_or(&v["pid"])
+}
+
 /// The warnings and errors of a stream: (rule, unit), sorted, each once.
 fn problems(lines: &[Value]) -> Vec<(String, String)> {
     let mut p: Vec<(String, String)> = lines
@@ -562,6 +575,16 @@ fn wrappers_that_fork_the_server_are_listen_pid_mismatches_and_workers_are_not()
     let launcher = t.1.wait_for(WAIT, |v| {
         v["rule"] == "listen_pid_mismatch" && v["unit"] == "launcher.service"
     });
+    // Until systemd gives up on both sockets (each start is a python process or two).
+    both_find(
+        &mut t,
+        "listener_lost",
+        "shwrap.service",
+        Duration::from_secs(30),
+    );
+    t.1.wait_for(Duration::from_secs(30), |v| {
+        v["rule"] == "listener_lost" && v["unit"] == "launcher.service"
+    });
     std::thread::sleep(SETTLE);
     assert_eq!(ask(c.port(3)), "worker");
     let (one, all) = (t.0.stop(), t.1.stop());
@@ -605,7 +628,7 @@ fn wrappers_that_fork_the_server_are_listen_pid_mismatches_and_workers_are_not()
     let workers: Vec<&Value> = all
         .iter()
         .filter(|v| {
-            v["kind"] == "exec" && v["unit"] == "workers.service" && v["listen_pid"] != v["ns_pid"]
+            v["kind"] == "exec" && v["unit"] == "workers.service" && v["listen_pid"] != *own_pid(v)
         })
         .collect();
     assert_eq!(workers.len(), 2, "{all:?}");
@@ -765,7 +788,8 @@ fn a_proxy_that_accepts_before_its_backend_listens_and_a_guarded_one() {
 #[test]
 fn a_slow_start_is_a_cold_start_timed_from_the_first_queued_connection() {
     let c = Container::boot("slow-start", 1);
-    let mut t = traces(&c, "lazy");
+    // The threshold this scenario is about, whatever the test bed's own.
+    let mut t = traces_with(&c, "lazy", &["--set", "cold_start.warn_ms=1000"]);
     let asked = Instant::now();
     assert_eq!(ask(c.port(1)), "lazy");
     let waited_ms = asked.elapsed().as_millis() as f64;
@@ -908,6 +932,27 @@ fn restart_under_load(c: &Container, unrelated: bool) -> RestartRun {
     }
 }
 
+/// The kernel's TcpExtListenOverflows against the listener's own counter. The listener counts a
+/// connection refused at its handshake's last ACK twice (once where the queue is found full,
+/// once where the ACK is discarded), TcpExtListenOverflows once; refused at its SYN, once each.
+/// Clients pinned to one native CPU finish each handshake before the next begins, so every
+/// refusal comes at a SYN and the two agree exactly. On the kernel matrix's emulated CPU the
+/// kernel defers its packet processing, handshakes interleave, and some refusals come at the
+/// last ACK: there each is counted once more by the listener, never less.
+fn assert_overflows_match(overflows: u64, listener: u64) {
+    if testbed::on_pid1() {
+        assert!(
+            overflows <= listener && listener <= 2 * overflows,
+            "TcpExtListenOverflows {overflows} against the listener's {listener}"
+        );
+    } else {
+        assert_eq!(
+            overflows, listener,
+            "nothing else overflowed: the kernel's TcpExtListenOverflows"
+        );
+    }
+}
+
 /// The drops of every backlog_overflow finding of a listener.
 fn overflow_drops(lines: &[Value], listener: &str) -> u64 {
     lines
@@ -960,10 +1005,7 @@ fn a_restart_under_load_is_a_gap_and_a_full_backlog_drops_exactly_what_the_kerne
             "the listener's own counter (ss -tlnm d<N>)"
         );
     }
-    assert_eq!(
-        run.overflows, exact,
-        "nothing else overflowed: the kernel's TcpExtListenOverflows"
-    );
+    assert_overflows_match(run.overflows, exact);
     let want = expect(&[
         ("backlog_overflow", "lazy.service"),
         ("restart_gap", "lazy.service"),

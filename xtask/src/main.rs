@@ -9,6 +9,7 @@ mod setup;
 mod soak;
 mod test;
 mod util;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -23,11 +24,25 @@ struct Cli {
 enum Command {
     /// Install what the build and the tests need (idempotent).
     Setup,
-    /// Install what is missing, then run every test: pure logic, kernel and end to end.
+    /// Install what is missing, then run every test: pure logic, kernel and end to end on this
+    /// machine's kernel, then the kernel matrix (Debian's 5.10, 6.1 and 6.12 under qemu).
     Test {
+        /// Only the kernel matrix, on this kernel (5.10, 6.1, 6.12); repeatable.
+        #[arg(long, value_name = "SERIES")]
+        kernel: Vec<String>,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
+    },
+    /// Boot one kernel of the matrix under qemu with the test root and a root shell on this
+    /// terminal, for debugging.
+    Vm {
+        #[arg(long, value_name = "SERIES")]
+        kernel: String,
+        /// Run this shell command in the VM instead (sockact's binaries on its PATH), print its
+        /// output, power off.
+        #[arg(long, value_name = "COMMAND")]
+        run: Option<String>,
     },
     /// Trace a sample socket-activated service live.
     Demo,
@@ -85,7 +100,15 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
-        Command::Test { args } => test::run(&args),
+        Command::Test { kernel, args } => test::run(&kernel, &args),
+        Command::Vm { kernel, run } => {
+            setup::run()?;
+            util::build_release()?;
+            match run {
+                Some(command) => vm::run_command(&kernel, &command),
+                None => vm::shell(&kernel),
+            }
+        }
         Command::Demo => demo::run(),
         Command::Rootfs => rootfs::ensure().map(|_| ()),
         Command::Bench { rounds, seconds } => bench::run(&bench::Options { rounds, seconds }),

@@ -10,8 +10,9 @@ use crate::util::{cache_dir, is_root, run_cmd};
 const SUITE: &str = "bookworm";
 /// systemd and its bus (dbus: the system bus the agent talks to), python3 for the scenarios'
 /// servers, iproute2 for ss, procps for the /bin/kill that units' ExecReload= call (as on any
-/// full Debian). Changing this list rebuilds the root.
-const PACKAGES: &str = "systemd,systemd-sysv,dbus,python3,iproute2,procps";
+/// full Debian), kmod so that the kernel matrix's VMs load sock_diag's modules on demand as a
+/// real host does. Changing this list rebuilds the root.
+const PACKAGES: &str = "systemd,systemd-sysv,dbus,python3,iproute2,procps,kmod";
 
 pub fn dir() -> PathBuf {
     cache_dir().join(format!("rootfs-{SUITE}"))
@@ -22,7 +23,7 @@ fn stamp() -> String {
 }
 
 /// The mirror the host's apt uses, so the root comes from the same registry.
-fn mirror() -> String {
+pub fn mirror() -> String {
     std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
         .ok()
         .and_then(|s| {

@@ -10,8 +10,12 @@ use crate::util::{cache_dir, is_root, output, run_cmd, stdout};
 /// systemd for systemd-socket-activate, iproute2 for ss, util-linux for setpriv and unshare,
 /// debootstrap and systemd-container (systemd-nspawn) for the real-systemd test bed; rsyslog
 /// with its RELP module and prometheus (promtool) for the agent's pipeline tests; g++ for
-/// libFuzzer, which the fuzz targets build.
+/// libFuzzer, which the fuzz targets build; qemu, cpio and kmod (depmod) for the kernel matrix's
+/// virtual machines.
 const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "cpio",
+    "kmod",
     "g++",
     "rsyslog",
     "rsyslog-relp",

@@ -6,17 +6,22 @@ use anyhow::bail;
 
 use crate::{
     fuzz, rootfs, setup,
-    util::{build_binaries, is_root, root, run_cmd},
+    util::{build_binaries, build_release, is_root, root, run_cmd},
+    vm,
 };
 
 /// Seconds each fuzz target runs in the suite (`cargo xtask fuzz` runs longer).
 const FUZZ_SECONDS: u64 = 20;
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub fn run(kernels: &[String], args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     let root = root();
     // The binaries the privileged tests drive.
     build_binaries()?;
+    if !kernels.is_empty() {
+        build_release()?;
+        return vm::test(kernels, args);
+    }
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)
@@ -50,5 +55,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             .env("SOCKACT_TRACE_BIN", root.join("target/debug/sockact-trace"))
             .env("SOCKACT_ROOTFS", rootfs),
     )?;
-    Ok(())
+    // The same core cases and one scenario per rule on every kernel of the matrix.
+    build_release()?;
+    vm::test(&[], args)
 }
