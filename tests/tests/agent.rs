@@ -206,6 +206,59 @@ fn a_closed_stdout_ends_the_agent_within_a_second_with_no_events_flowing() {
     assert!(took < Duration::from_secs(5), "the pipeline took {took:?}");
 }
 
+#[test]
+fn on_a_kernel_that_refuses_bind_the_agent_runs_on_and_says_so_in_its_stream_and_metrics() {
+    require_root();
+    let port = free_port();
+    let mut child = Command::new(agent_bin())
+        .args(["--duration", "60", "--metrics-listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env(
+            "SOCKACT_REFUSE_PROGRAMS",
+            "syscalls_sys_enter_bind,syscalls_sys_exit_bind",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting sockact-agent");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let attached = read_until(&mut out, |v| v["action"] == "attached");
+    assert_eq!(attached["features"]["bind"], Value::Null, "{attached}");
+    assert_eq!(attached["features"]["listen"], "syscalls", "{attached}");
+    let unavailable = attached["unavailable_rules"].as_array().unwrap();
+    assert!(
+        unavailable.contains(&Value::from("double_bind")),
+        "{attached}"
+    );
+    let metrics = get(&format!("http://127.0.0.1:{port}/metrics"));
+    assert!(
+        metrics.contains("sockact_kernel_feature{family=\"bind\",mechanism=\"none\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sockact_kernel_feature{family=\"listen\",mechanism=\"syscalls\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sockact_rule_unavailable{rule=\"double_bind\"} 1"),
+        "{metrics}"
+    );
+    // Still running, still tracing.
+    assert!(child.try_wait().unwrap().is_none(), "the agent went on");
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("running without them"), "{stderr}");
+}
+
 fn seqs(events: &[Value]) -> BTreeSet<u64> {
     events.iter().filter_map(|e| e["seq"].as_u64()).collect()
 }

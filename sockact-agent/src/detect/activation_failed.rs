@@ -15,6 +15,10 @@ use crate::events::{Data, Event, Finding};
 
 /// How long after an unserved exit a queued connection still counts: the queue is sampled.
 const QUEUE_LAG_MS: i128 = 1000;
+/// systemd's word that a service failed comes over D-Bus, the exit that made it fail (and a
+/// bind that explains it) through the ring buffer, which is read a few milliseconds later: the
+/// failure waits this long in stream time before it is judged.
+const FAILED_SETTLE_NS: i128 = 500_000_000;
 
 /// A process that was passed fds and exited without any process of its service accepting.
 struct Unserved {
@@ -30,6 +34,8 @@ pub struct ActivationFailed {
     reported: HashSet<String>,
     /// Services whose failing streak another rule explains (double_bind, listen_pid_mismatch).
     explained: HashSet<String>,
+    /// Service -> systemd's word that it failed, until [`FAILED_SETTLE_NS`] has passed.
+    failed: HashMap<String, Event>,
 }
 
 /// Whether an exit is how a stop or restart ends a process, not a failure.
@@ -135,6 +141,7 @@ impl Rule for ActivationFailed {
                     self.reported.remove(unit);
                     self.unserved.remove(unit);
                     self.explained.remove(unit);
+                    self.failed.remove(unit);
                 }
             }
             Data::Exit(_) => {
@@ -175,22 +182,104 @@ impl Rule for ActivationFailed {
                 }
             }
             Data::Unit(u) if u.unit.ends_with(".service") && u.active_state == "failed" => {
-                self.decide(ctx, &u.unit.clone(), Some(e), out);
+                self.failed
+                    .entry(u.unit.clone())
+                    .or_insert_with(|| e.clone());
             }
             _ => {}
         }
     }
 
-    fn tick(&mut self, ctx: &Context, _out: &mut Vec<Finding>) {
+    fn tick(&mut self, ctx: &Context, out: &mut Vec<Finding>) {
+        self.settle(ctx, out, false);
         // An unserved exit with no queued connection in sight is forgotten.
         self.unserved
             .retain(|_, u| ctx.now - time_of(&u.exit) <= QUEUE_LAG_MS * 1_000_000);
+    }
+
+    fn flush(&mut self, ctx: &Context, out: &mut Vec<Finding>) {
+        self.settle(ctx, out, true);
+    }
+}
+
+impl ActivationFailed {
+    /// Judges the failures that have settled (every one when `all`: the stream ended).
+    fn settle(&mut self, ctx: &Context, out: &mut Vec<Finding>, all: bool) {
+        let due: Vec<String> = self
+            .failed
+            .iter()
+            .filter(|(_, e)| all || ctx.now - time_of(e) >= FAILED_SETTLE_NS)
+            .map(|(s, _)| s.clone())
+            .collect();
+        for service in due {
+            if let Some(e) = self.failed.remove(&service) {
+                self.decide(ctx, &service, Some(&e), out);
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use crate::detect::testing::{of_rule, replay, rules};
+
+    /// A recorded stream as its two channels can deliver it: a service's `failed` change from
+    /// D-Bus read before the kernel's records of the process whose exit made it fail (the ring
+    /// buffer is drained a few milliseconds later), every record of that process after its
+    /// exec. Seen so in a run of the suite.
+    fn dbus_first(fixture: &str, service: &str) -> String {
+        let mut lines: Vec<&str> = fixture.lines().filter(|l| !l.trim().is_empty()).collect();
+        let parse = |l: &str| serde_json::from_str::<Value>(l).unwrap();
+        let mut i = 0;
+        while i < lines.len() {
+            let v = parse(lines[i]);
+            if v["kind"] == "unit" && v["unit"] == service && v["active_state"] == "failed" {
+                let of = |j: usize| parse(lines[j]);
+                if let Some(x) = (0..i)
+                    .rev()
+                    .find(|&j| of(j)["kind"] == "exit" && of(j)["unit"] == service)
+                {
+                    let pid = of(x)["pid"].clone();
+                    let first = (0..=x)
+                        .rev()
+                        .take_while(|&j| !(of(j)["kind"] == "exec" && of(j)["pid"] == pid))
+                        .filter(|&j| of(j)["pid"] == pid)
+                        .last()
+                        .unwrap_or(x);
+                    let line = lines.remove(i);
+                    lines.insert(first, line);
+                }
+            }
+            i += 1;
+        }
+        lines.join("\n")
+    }
+
+    #[test]
+    fn systemds_word_of_a_failure_ahead_of_the_exit_still_gets_the_exit() {
+        let fixture = include_str!("../../../tests/fixtures/activation_failed.ndjson");
+        let reordered = dbus_first(fixture, "crasher.service");
+        assert_ne!(reordered, fixture.trim_end(), "the stream was reordered");
+        let findings = replay(&reordered);
+        let findings = of_rule(&findings, "activation_failed");
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert_eq!(findings[0].figures["exit_code"], 1, "{:?}", findings[0]);
+    }
+
+    #[test]
+    fn systemds_word_of_a_failure_ahead_of_the_bind_that_explains_it_is_no_activation_failure() {
+        let fixture = include_str!("../../../tests/fixtures/double_bind_in_use.ndjson");
+        let reordered = dbus_first(fixture, "broken.service");
+        assert_ne!(reordered, fixture.trim_end(), "the stream was reordered");
+        let findings = replay(&reordered);
+        assert!(rules(&findings).contains(&"double_bind"), "{findings:?}");
+        assert!(
+            of_rule(&findings, "activation_failed").is_empty(),
+            "the double bind explains it: {findings:?}"
+        );
+    }
 
     #[test]
     fn a_service_that_exits_1_while_a_client_waits() {
