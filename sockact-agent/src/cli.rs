@@ -23,7 +23,7 @@ pub struct Cli {
 
     /// Trace a unit: `myapp`, `myapp.socket` or `myapp.service` name the service and every
     /// socket unit that triggers it (repeatable).
-    #[arg(long = "unit", value_name = "NAME")]
+    #[arg(long = "unit", value_name = "NAME", value_parser = parse_unit)]
     pub units: Vec<String>,
 
     /// Talk to another systemd: its bus (`unix:path=/proc/PID/root/run/dbus/system_bus_socket`)
@@ -95,6 +95,23 @@ pub enum Command {
     },
 }
 
+/// Parses the command line. A usage error is printed as clap words it, but plain and with
+/// control characters in what the user typed escaped (a unit name holding ESC must not reach
+/// the terminal raw), and exits 2; help and version print and exit 0.
+pub fn parse_or_exit<T: clap::Parser>() -> T {
+    match T::try_parse() {
+        Ok(t) => t,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.render().to_string();
+            for line in text.lines() {
+                eprintln!("{}", crate::text::for_terminal(line));
+            }
+            std::process::exit(2);
+        }
+    }
+}
+
 pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -102,7 +119,16 @@ pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
     if !(secs > 0.0 && secs.is_finite()) {
         return Err(format!("'{s}' must be a positive number of seconds"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    // The deadline is now + SECS on the monotonic clock: a duration it cannot hold is as
+    // wrong as a negative one.
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| std::time::Instant::now().checked_add(*d).is_some())
+        .ok_or_else(|| format!("'{s}' seconds is further than this machine's clock reaches"))
+}
+
+pub(crate) fn parse_unit(s: &str) -> Result<String, String> {
+    crate::systemd::check_unit_name(s).map(|()| s.to_owned())
 }
 
 pub(crate) fn parse_set(s: &str) -> Result<String, String> {
@@ -213,6 +239,10 @@ mod tests {
             &["sockact-trace", "--nope"][..],
             &["sockact-trace", "--duration", "-1"],
             &["sockact-trace", "--duration", "soon"],
+            &["sockact-trace", "--duration", "1e30"],
+            &["sockact-trace", "--unit", ""],
+            &["sockact-trace", "--unit", "a/b"],
+            &["sockact-trace", "--duration", "9.3e18"],
             &["sockact-trace", "--port", "0"],
             &["sockact-trace", "--format", "xml"],
             &["sockact-trace", "--set", "fds_ignored.after=1"],

@@ -17,20 +17,29 @@ pub const DEFAULT_PATH: &str = "/etc/sockact/agent.toml";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 /// Events a sink may hold before it drops, by default.
 pub const DEFAULT_BUFFER: usize = 10_000;
+/// An event in a buffer takes about 570 bytes: this many are about 110 MiB, for one sink
+/// whose peer stopped reading (the shipped unit's MemoryMax= bounds the whole agent).
+pub const MAX_BUFFER: usize = 200_000;
 
+/// What a configuration error shows comes from the file: control characters in it (NUL, ESC,
+/// newlines) are written escaped, so that an error stays one harmless line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {why}")]
+    #[error("cannot read {}: {}", shown(.path), shown(.why))]
     Read { path: String, why: String },
-    #[error("{path}: line {line}: {key}: {why}")]
+    #[error("{}: line {line}: {}: {}", shown(.path), shown(.key), shown(.why))]
     Key {
         path: String,
         line: usize,
         key: String,
         why: String,
     },
-    #[error("{path}: {why}")]
+    #[error("{}: {}", shown(.path), shown(.why))]
     Other { path: String, why: String },
+}
+
+fn shown(s: &str) -> std::borrow::Cow<'_, str> {
+    crate::text::for_terminal(s)
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -63,9 +72,9 @@ impl SinkKind {
 #[serde(deny_unknown_fields)]
 struct RawWatch {
     #[serde(default)]
-    units: Vec<String>,
+    units: Vec<Spanned<String>>,
     #[serde(default)]
-    exclude_units: Vec<String>,
+    exclude_units: Vec<Spanned<String>>,
     #[serde(default)]
     all_processes: bool,
 }
@@ -75,7 +84,7 @@ struct RawWatch {
 struct RawSink {
     kind: Spanned<SinkKind>,
     name: Option<String>,
-    path: Option<PathBuf>,
+    path: Option<Spanned<PathBuf>>,
     address: Option<Spanned<String>>,
     max_size_mb: Option<Spanned<u64>>,
     keep: Option<Spanned<u32>>,
@@ -187,6 +196,31 @@ fn quoted(msg: &str) -> Option<&str> {
     Some(&msg[start..end])
 }
 
+/// A file sink's path must name a file the agent can create or append to: not empty, not a
+/// directory, in a directory that exists (the agent creates no directories: the shipped unit's
+/// LogsDirectory= makes /var/log/sockact).
+fn check_file_path(path: &Path) -> Result<(), String> {
+    let shown = path.display().to_string().escape_debug().to_string();
+    if path.as_os_str().is_empty() {
+        return Err("a file sink needs a file name".into());
+    }
+    if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') {
+        return Err(format!("{shown} is a directory: name a file in it"));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        let dir = dir.display().to_string().escape_debug().to_string();
+        return Err(format!(
+            "{dir} does not exist: create it first (for /var/log/sockact the shipped unit's \
+             LogsDirectory= does)"
+        ));
+    }
+    Ok(())
+}
+
 impl AgentConfig {
     /// Reads `path`; `required` says whether a missing file is an error (`--config`) or means
     /// the defaults (the default path).
@@ -265,11 +299,15 @@ impl AgentConfig {
                 SinkKind::Tcp | SinkKind::Relp => need("address", s.address.is_some())?,
                 SinkKind::Stdout | SinkKind::Journald => {}
             }
+            if let (SinkKind::File, Some(p)) = (kind, &s.path) {
+                check_file_path(p.get_ref()).map_err(|why| key_err(p.span(), "path", why))?;
+            }
             if let Some(a) = &s.address {
-                let has_port = a
-                    .get_ref()
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                let has_port = a.get_ref().rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty()
+                        && !host.chars().any(|c| c.is_control() || c.is_whitespace())
+                        && port.parse::<u16>().is_ok()
+                });
                 if !has_port {
                     return Err(key_err(
                         a.span(),
@@ -302,7 +340,7 @@ impl AgentConfig {
                 &widen(&s.buffer_events),
                 "buffer_events",
                 1,
-                100_000_000,
+                MAX_BUFFER as u64,
                 DEFAULT_BUFFER as u64,
             )? as usize;
             let name = s.name.clone().unwrap_or_else(|| {
@@ -315,7 +353,7 @@ impl AgentConfig {
             sinks.push(SinkConfig {
                 kind,
                 name,
-                path: s.path.clone(),
+                path: s.path.as_ref().map(|p| p.get_ref().clone()),
                 address: s.address.as_ref().map(|a| a.get_ref().clone()),
                 max_size_mb,
                 keep,
@@ -336,7 +374,8 @@ impl AgentConfig {
         let mut thresholds = Thresholds::default();
         for (rule, keys) in &raw.rules {
             if !DEFAULTS.iter().any(|d| d.0 == rule) {
-                let known: Vec<&str> = DEFAULTS.iter().map(|d| d.0).collect();
+                let mut known: Vec<&str> = DEFAULTS.iter().map(|d| d.0).collect();
+                known.dedup();
                 return Err(key_err(
                     keys.span(),
                     &format!("rules.{rule}"),
@@ -371,9 +410,19 @@ impl AgentConfig {
                 .as_ref()
                 .map_or_else(|| DEFAULT_METRICS.to_owned(), |l| l.get_ref().clone())
         });
+        for (list, key) in [
+            (&raw.watch.units, "units"),
+            (&raw.watch.exclude_units, "exclude_units"),
+        ] {
+            for unit in list {
+                crate::systemd::check_unit_name(unit.get_ref())
+                    .map_err(|why| key_err(unit.span(), key, why))?;
+            }
+        }
+        let names = |list: Vec<Spanned<String>>| list.into_iter().map(|u| u.into_inner()).collect();
         Ok(AgentConfig {
-            units: raw.watch.units,
-            exclude_units: raw.watch.exclude_units,
+            units: names(raw.watch.units),
+            exclude_units: names(raw.watch.exclude_units),
             all_processes: raw.watch.all_processes,
             sinks,
             metrics,
@@ -409,7 +458,7 @@ all_processes = false
 
 [[sink]]
 kind = "file"
-path = "/var/log/sockact/events.ndjson"
+path = "/tmp/events.ndjson"
 max_size_mb = 10
 keep = 3
 
@@ -505,10 +554,52 @@ after_ms = 5000
             ),
             ("[metrics]\nlisten = \"localhost\"\n", "line 2: listen:"),
             ("[rules.nosuch]\n", "line 1: rules.nosuch:"),
+            (
+                "[[sink]]\nkind = \"file\"\npath = \"\"\n",
+                "line 3: path: a file sink needs a file name",
+            ),
+            (
+                "[[sink]]\nkind = \"file\"\npath = \"/tmp\"\n",
+                "line 3: path: /tmp is a directory",
+            ),
+            (
+                "[[sink]]\nkind = \"file\"\npath = \"/nonexistent/x/events\"\n",
+                "line 3: path: /nonexistent/x does not exist",
+            ),
+            (
+                "[[sink]]\nkind = \"tcp\"\naddress = \"a:1\"\nbuffer_events = 100000000\n",
+                "line 4: buffer_events: 100000000 is out of range: 1 to 200000",
+            ),
+            (
+                "[watch]\nunits = [\"ok\", \"\"]\n",
+                "line 2: units: a unit name cannot be empty",
+            ),
+            (
+                "[watch]\n\nexclude_units = [\"a/b\"]\n",
+                "line 3: exclude_units: \"a/b\" holds '/'",
+            ),
+            (
+                "[watch]\nunits = [\"x\\u001b[2J\"]\n",
+                "line 2: units: \"x\\u{1b}[2J\" holds '\\u{1b}'",
+            ),
         ];
         for (text, want) in cases {
             let e = err(text).to_string();
             assert!(e.contains(want), "{want} in {e}");
+        }
+    }
+
+    #[test]
+    fn errors_name_each_rule_once_and_show_control_characters_escaped() {
+        let e = err("[rules.nosuch]\n").to_string();
+        assert_eq!(e.matches("crash_loop").count(), 1, "{e}");
+        for text in [
+            "[watch]\nfo\u{1b}[2Jo = 1\n",
+            "[watch]\nunits = [\"a\\u0000b\"]\n",
+            "[[sink]]\nkind = \"tcp\"\naddress = \"a\\nb:1\"\n",
+        ] {
+            let e = err(text).to_string();
+            assert!(!e.chars().any(|c| c.is_control()), "{text:?} gave {e:?}");
         }
     }
 

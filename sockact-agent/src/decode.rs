@@ -201,15 +201,37 @@ fn process(h: &RecordHeader) -> Process {
 fn exec(r: &ExecRecord) -> Exec {
     let argc = (r.argc as usize).min(r.argv.len());
     let has = |bit| r.flags & bit != 0;
+    // A value cut to its field is kept as text: never a number it was not.
+    let value = |bit, cut, field: &[u8], parse: fn(&str) -> NumberOrString| {
+        has(bit).then(|| {
+            let text = from_cstr(field);
+            if has(cut) {
+                NumberOrString::String(text)
+            } else {
+                parse(&text)
+            }
+        })
+    };
     Exec {
         filename: from_cstr(&r.filename),
         argv: r.argv[..argc].iter().map(|a| from_cstr(a)).collect(),
-        listen_pid: has(exec_flags::HAS_LISTEN_PID)
-            .then(|| NumberOrString::parse(&from_cstr(&r.listen_pid))),
-        listen_fds: has(exec_flags::HAS_LISTEN_FDS)
-            .then(|| NumberOrString::parse(&from_cstr(&r.listen_fds))),
+        listen_pid: value(
+            exec_flags::HAS_LISTEN_PID,
+            exec_flags::LISTEN_PID_CUT,
+            &r.listen_pid,
+            NumberOrString::listen_pid,
+        ),
+        listen_fds: value(
+            exec_flags::HAS_LISTEN_FDS,
+            exec_flags::LISTEN_FDS_CUT,
+            &r.listen_fds,
+            NumberOrString::listen_fds,
+        ),
         listen_fdnames: has(exec_flags::HAS_LISTEN_FDNAMES)
             .then(|| split_fdnames(&from_cstr(&r.listen_fdnames))),
+        argv_truncated: has(exec_flags::ARGV_TRUNCATED) || has(exec_flags::ARG_CUT),
+        listen_fdnames_truncated: has(exec_flags::HAS_LISTEN_FDNAMES)
+            && has(exec_flags::LISTEN_FDNAMES_CUT),
     }
 }
 
@@ -492,13 +514,76 @@ mod tests {
         };
         assert_eq!(
             x.listen_pid,
-            Some(NumberOrString::Number(9_999_999_999_999_999)),
-            "a value filling the field is read to its end, not past it"
+            Some(NumberOrString::String("9".repeat(16))),
+            "a value filling the field is read to its end, not past it, and no PID"
         );
         let names = x.listen_fdnames.unwrap();
         assert_eq!(names.len(), 1);
         assert!(names[0].starts_with("aaa\\xffa"));
         assert_eq!(x.argv[0].len(), 64);
+    }
+
+    fn exec_of(r: &ExecRecord) -> Exec {
+        let rec = parse(&bytes_of(r)).unwrap();
+        let Data::Exec(x) = rec.to_event(&Clock::fixed(0), "h").unwrap().data else {
+            panic!()
+        };
+        x
+    }
+
+    #[test]
+    fn listen_values_are_read_as_sd_listen_fds_reads_them_and_cut_ones_are_not_numbers() {
+        let mut r = exec_record();
+        r.flags = exec_flags::HAS_LISTEN_PID | exec_flags::HAS_LISTEN_FDS;
+        let set = |field: &mut [u8; 16], v: &str| {
+            *field = [0; 16];
+            field[..v.len()].copy_from_slice(v.as_bytes());
+        };
+        for (fds, want) in [
+            ("000000000000001", NumberOrString::Number(1)),
+            ("0x10", NumberOrString::Number(16)),
+            (" +2", NumberOrString::Number(2)),
+            ("2 ", NumberOrString::String("2 ".into())),
+            ("-1", NumberOrString::String("-1".into())),
+            ("99999999999", NumberOrString::String("99999999999".into())),
+        ] {
+            set(&mut r.listen_fds, fds);
+            set(&mut r.listen_pid, "0042");
+            let x = exec_of(&r);
+            assert_eq!(x.listen_fds, Some(want), "LISTEN_FDS={fds}");
+            assert_eq!(x.listen_pid, Some(NumberOrString::Number(42)));
+        }
+        set(&mut r.listen_pid, "0");
+        assert_eq!(
+            exec_of(&r).listen_pid,
+            Some(NumberOrString::String("0".into())),
+            "no process is 0"
+        );
+        // LISTEN_FDS=00000000000000001 is longer than the field: the kernel keeps 15 zeros and
+        // says it filled the field. That is not 0 fds.
+        set(&mut r.listen_fds, "000000000000000");
+        r.flags |= exec_flags::LISTEN_FDS_CUT;
+        assert_eq!(
+            exec_of(&r).listen_fds,
+            Some(NumberOrString::String("000000000000000".into()))
+        );
+    }
+
+    #[test]
+    fn cut_argv_and_fdnames_say_so() {
+        let mut r = exec_record();
+        let x = exec_of(&r);
+        assert!(!x.argv_truncated && !x.listen_fdnames_truncated);
+        let json = serde_json::to_value(&x).unwrap();
+        assert!(json.get("argv_truncated").is_none(), "{json}");
+        r.flags =
+            exec_flags::ARG_CUT | exec_flags::HAS_LISTEN_FDNAMES | exec_flags::LISTEN_FDNAMES_CUT;
+        let x = exec_of(&r);
+        assert!(x.argv_truncated && x.listen_fdnames_truncated);
+        r.flags = exec_flags::ARGV_TRUNCATED;
+        assert!(exec_of(&r).argv_truncated, "more entries than kept");
+        let json = serde_json::to_value(exec_of(&r)).unwrap();
+        assert_eq!(json["argv_truncated"], true);
     }
 
     #[test]

@@ -103,6 +103,47 @@ impl NumberOrString {
             _ => NumberOrString::String(text.to_owned()),
         }
     }
+
+    /// LISTEN_FDS as `sd_listen_fds` reads it (systemd's `safe_atoi`): leading blanks, a sign,
+    /// a `0x`, `0o` or `0b` base, leading zeros, and nothing after the digits; a value outside
+    /// 0..=i32::MAX, or any other text, is kept as the text.
+    pub fn listen_fds(text: &str) -> Self {
+        match parse_c_int(text).filter(|n| (0..=i64::from(i32::MAX)).contains(n)) {
+            Some(n) => NumberOrString::Number(n as u64),
+            None => NumberOrString::String(text.to_owned()),
+        }
+    }
+
+    /// LISTEN_PID as `sd_listen_fds` reads it (systemd's `parse_pid`): the same number syntax
+    /// without a minus, a PID above 0 that fits a pid_t.
+    pub fn listen_pid(text: &str) -> Self {
+        match parse_c_int(text).filter(|n| (1..=i64::from(i32::MAX)).contains(n)) {
+            Some(n) if !text.trim_start().starts_with('-') => NumberOrString::Number(n as u64),
+            _ => NumberOrString::String(text.to_owned()),
+        }
+    }
+}
+
+/// A number as systemd's integer parsing takes it: leading whitespace, `+` or `-`, then
+/// decimal, or `0x`/`0o`/`0b` and that base; nothing else may follow.
+fn parse_c_int(text: &str) -> Option<i64> {
+    let s = text.trim_start_matches([' ', '\t', '\n', '\r']);
+    let (neg, s) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (radix, digits) = match s.get(..2) {
+        Some("0x" | "0X") => (16, &s[2..]),
+        Some("0o" | "0O") => (8, &s[2..]),
+        Some("0b" | "0B") => (2, &s[2..]),
+        _ => (10, s),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let n = i64::from_str_radix(digits, radix).ok()?;
+    Some(if neg { -n } else { n })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -116,6 +157,12 @@ pub struct Exec {
     pub listen_fds: Option<NumberOrString>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub listen_fdnames: Option<Vec<String>>,
+    /// More argv than was kept, or an entry cut to its field.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub argv_truncated: bool,
+    /// LISTEN_FDNAMES was longer than the kernel record keeps: the names are not all there.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub listen_fdnames_truncated: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -501,6 +548,8 @@ mod tests {
             listen_pid: Some(NumberOrString::parse("12")),
             listen_fds: Some(NumberOrString::parse("1")),
             listen_fdnames: Some(vec!["web".into()]),
+            argv_truncated: false,
+            listen_fdnames_truncated: false,
         }));
         let line = serde_json::to_string(&e).unwrap();
         let back: Event = serde_json::from_str(&line).unwrap();

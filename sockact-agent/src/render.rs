@@ -349,6 +349,8 @@ mod tests {
                 listen_pid: None,
                 listen_fds: Some(NumberOrString::Number(1)),
                 listen_fdnames: None,
+                argv_truncated: false,
+                listen_fdnames_truncated: false,
             }),
             process: Some(Process {
                 pid: 7,

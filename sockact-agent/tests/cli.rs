@@ -32,6 +32,41 @@ fn a_bad_value_exits_2() {
 }
 
 #[test]
+fn a_duration_past_the_clocks_reach_is_a_one_line_usage_error_for_both_binaries() {
+    for secs in ["1e30", "9.3e18"] {
+        for out in [trace(&["--duration", secs]), agent(&["--duration", secs])] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{secs}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+            assert!(stderr.contains("clock reaches"), "{stderr}");
+            assert!(out.stdout.is_empty());
+        }
+    }
+}
+
+#[test]
+fn invalid_unit_names_are_usage_errors_that_never_print_control_characters() {
+    let long = "a".repeat(300);
+    for name in ["", "a/b", "x\u{1b}[2J", long.as_str()] {
+        // Colours forced, as on a terminal: what the user typed still comes out escaped.
+        for bin in [
+            env!("CARGO_BIN_EXE_sockact-trace"),
+            env!("CARGO_BIN_EXE_sockact-agent"),
+        ] {
+            let out = Command::new(bin)
+                .args(["--unit", name])
+                .env("CLICOLOR_FORCE", "1")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{name:?}: {stderr}");
+            assert!(!stderr.contains('\u{1b}'), "{name:?}: {stderr:?}");
+            assert!(stderr.starts_with("error: invalid value"), "{stderr}");
+        }
+    }
+}
+
+#[test]
 fn help_lists_the_selectors_and_exits_0() {
     let out = trace(&["--help"]);
     assert_eq!(out.status.code(), Some(0));
@@ -301,4 +336,21 @@ fn agent_help_lists_its_options() {
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
+}
+
+#[test]
+fn the_shipped_unit_bounds_the_agents_memory_above_what_one_full_sink_may_hold() {
+    let unit = include_str!("../../packaging/sockact-agent.service");
+    let max = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("MemoryMax="))
+        .expect("the unit sets MemoryMax=");
+    let bytes: u64 = match max.trim().strip_suffix('G') {
+        Some(g) => g.parse::<u64>().unwrap() << 30,
+        None => max.trim().strip_suffix('M').unwrap().parse::<u64>().unwrap() << 20,
+    };
+    // One sink at its largest buffer_events, at about 570 bytes an event, fits with room.
+    let one_sink = sockact_agent::config::MAX_BUFFER as u64 * 570;
+    assert!(bytes >= 4 * one_sink, "MemoryMax={max} against {one_sink} bytes");
+    assert!(bytes <= 4 << 30, "a bound, not a formality: {max}");
 }

@@ -186,6 +186,12 @@ pub mod exec_flags {
     pub const EXECVEAT: u32 = 16;
     /// The environment had more entries than the probe looks at.
     pub const ENVP_TRUNCATED: u32 = 32;
+    /// An argv entry, LISTEN_PID, LISTEN_FDS or LISTEN_FDNAMES filled its field: it may have
+    /// been cut (a value of exactly the field's size less one looks the same).
+    pub const ARG_CUT: u32 = 64;
+    pub const LISTEN_PID_CUT: u32 = 128;
+    pub const LISTEN_FDS_CUT: u32 = 256;
+    pub const LISTEN_FDNAMES_CUT: u32 = 512;
 }
 
 /// A successful execve/execveat. Strings are NUL-terminated as the kernel's string copy leaves

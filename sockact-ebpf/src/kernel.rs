@@ -508,16 +508,18 @@ pub fn is_unix(family: u16) -> bool {
     family == AF_UNIX
 }
 
-/// Copies a NUL-terminated user string into `dst` (always NUL-terminated, cut to fit);
-/// true when the read worked.
+/// Copies a NUL-terminated user string into `dst` (always NUL-terminated, cut to fit). None
+/// when the read failed; else whether the string filled `dst`, so that it may have been cut
+/// (the helper cannot tell a string of exactly N - 1 bytes from a longer one).
 #[inline(always)]
-pub fn read_user_str<const N: usize>(src: u64, dst: &mut [u8; N]) -> bool {
+pub fn read_user_str<const N: usize>(src: u64, dst: &mut [u8; N]) -> Option<bool> {
     // SAFETY: fault-tolerant user read bounded by the destination's constant size.
-    unsafe {
+    let n = unsafe {
         raw_read_user_str(
             dst.as_mut_ptr() as *mut c_void,
             N as u32,
             src as *const c_void,
-        ) > 0
-    }
+        )
+    };
+    (n > 0).then_some(n as usize >= N)
 }

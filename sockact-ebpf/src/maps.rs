@@ -76,7 +76,8 @@ pub static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Pending {
-    /// User pointer to a sockaddr (bind, connect).
+    /// User pointer to a sockaddr (bind, connect); shutdown: the listener's port before the
+    /// call.
     pub ptr: u64,
     pub fd: i32,
     /// backlog (listen), how (shutdown), addrlen (bind, connect).

@@ -399,7 +399,11 @@ r.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
 r.bind(("127.0.0.1", port))
 r.listen(5)
 r.shutdown(socket.SHUT_RDWR)
-print(d)
+z = socket.socket()
+z.bind(("127.0.0.1", 0))
+z.listen(2)
+z.shutdown(socket.SHUT_RD)
+print(d, z.getsockname()[1])
 "#;
 
 #[test]
@@ -501,8 +505,11 @@ fn addresses_of_every_family_reuseport_and_listener_shutdown() {
     let mut trace = Trace::start(&["--all"]);
     let child = python(FAMILIES, &[&port.to_string()]);
     let pid = child.id();
-    let dir = wait_ok(child, "the address script");
-    trace.wait_for(WAIT, |v| v["kind"] == "shutdown" && v["pid"] == pid);
+    let out = wait_ok(child, "the address script");
+    let (dir, chosen) = out.trim().split_once(' ').expect("a directory and a port");
+    trace.wait_for(WAIT, |v| {
+        v["kind"] == "shutdown" && v["pid"] == pid && v["how"] == "SHUT_RD"
+    });
     let lines = trace.stop();
     let binds = of(&lines, "bind", pid);
     let find = |addr: &str| {
@@ -511,7 +518,7 @@ fn addresses_of_every_family_reuseport_and_listener_shutdown() {
             .find(|v| v["addr"] == addr)
             .unwrap_or_else(|| panic!("no bind of {addr}: {binds:?}"))
     };
-    let path = format!("{}/x.sock", dir.trim());
+    let path = format!("{dir}/x.sock");
     assert_eq!(find(&path)["family"], "unix");
     assert!(find(&path).get("port").is_none());
     let abstract_name = format!("@sockact-test-{pid}");
@@ -530,9 +537,11 @@ fn addresses_of_every_family_reuseport_and_listener_shutdown() {
         "unix listener address: {listens:?}"
     );
     let shutdown = of(&lines, "shutdown", pid);
-    assert_eq!(shutdown.len(), 1, "{shutdown:?}");
+    assert_eq!(shutdown.len(), 2, "{shutdown:?}");
     assert_eq!(shutdown[0]["how"], "SHUT_RDWR");
     assert_eq!(shutdown[0]["listener"], format!("127.0.0.1:{port}"));
+    // A port the kernel chose, which shutdown() gives back: the listener it was.
+    assert_eq!(shutdown[1]["listener"], format!("127.0.0.1:{chosen}"));
 }
 
 /// Waits for a line on stdin (so the tracer can start with its pid), then binds.

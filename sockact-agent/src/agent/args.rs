@@ -25,11 +25,11 @@ pub struct AgentArgs {
     pub check_config: bool,
 
     /// Watch only this unit (repeatable; replaces the config's `watch.units`).
-    #[arg(long = "unit", value_name = "NAME")]
+    #[arg(long = "unit", value_name = "NAME", value_parser = crate::cli::parse_unit)]
     pub units: Vec<String>,
 
     /// Never show this unit (repeatable; added to `watch.exclude_units`).
-    #[arg(long = "exclude-unit", value_name = "NAME")]
+    #[arg(long = "exclude-unit", value_name = "NAME", value_parser = crate::cli::parse_unit)]
     pub exclude_units: Vec<String>,
 
     /// Trace every process, not only socket-activated ones (`watch.all_processes`).

@@ -1,14 +1,12 @@
 //! `sockact-agent`: the always-on daemon (DESIGN.md, "sockact-agent").
-use std::process::ExitCode;
-
-use clap::Parser;
 use sockact_agent::{
     agent::{self, AgentArgs},
     logging,
 };
+use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let args = AgentArgs::parse();
+    let args: AgentArgs = sockact_agent::cli::parse_or_exit();
     logging::init(args.verbose, args.kernel_log);
     if args.check_config {
         return match agent::check(&args) {

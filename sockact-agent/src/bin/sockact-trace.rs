@@ -1,7 +1,6 @@
 //! `sockact-trace`: ad hoc tracing of socket-activated services (DESIGN.md, "sockact-trace").
 use std::process::ExitCode;
 
-use clap::Parser;
 use sockact_agent::{
     cli::{Cli, Command},
     lint, logging,
@@ -10,7 +9,7 @@ use sockact_agent::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = sockact_agent::cli::parse_or_exit();
     logging::init(cli.verbose, cli.kernel_log);
     if let Some(Command::Lint { units }) = &cli.command {
         let format = cli.format.unwrap_or_else(Format::default_for_stdout);

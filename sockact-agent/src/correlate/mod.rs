@@ -201,6 +201,8 @@ mod tests {
             listen_pid: None,
             listen_fds: None,
             listen_fdnames: None,
+            argv_truncated: false,
+            listen_fdnames_truncated: false,
         })
     }
 

@@ -15,15 +15,26 @@ struct Open {
     size: u64,
 }
 
+/// Opens (or creates, 0640: lines hold command lines) the file to append to. A last line
+/// that a crash left half written is ended first, so that the next line starts a line of its
+/// own: the half line stays as it is, one malformed line, never spoiling the next.
 fn open(path: &Path) -> std::io::Result<Open> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir)?;
-    }
-    let file = fs::OpenOptions::new()
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let mut file = fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .read(true)
+        .mode(0o640)
         .open(path)?;
-    let size = file.metadata()?.len();
+    let mut size = file.metadata()?.len();
+    if size > 0 {
+        let mut last = [0u8];
+        file.read_exact_at(&mut last, size - 1)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n")?;
+            size += 1;
+        }
+    }
     Ok(Open { file, size })
 }
 
@@ -156,6 +167,54 @@ mod tests {
         drop(sinks);
         tasks.finish(std::time::Duration::from_secs(2)).await;
         assert_eq!(lines_of(&path), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_half_written_last_line_is_ended_before_appending_and_new_files_are_0640() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("sockact-file-repair-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let torn = dir.join("torn.ndjson");
+        // What a crash mid-write leaves.
+        std::fs::write(
+            &torn,
+            "{\"v\":1,\"seq\":1,\"kind\":\"agent\",\"action\":\"sta",
+        )
+        .unwrap();
+        let fresh = dir.join("fresh.ndjson");
+        let config = AgentConfig::parse(
+            &format!(
+                "[[sink]]\nkind = \"file\"\npath = \"{}\"\n\n[[sink]]\nkind = \"file\"\npath = \"{}\"\n",
+                torn.display(),
+                fresh.display()
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let event: crate::events::Event = serde_json::from_str(
+            include_str!("../../../tests/fixtures/restart_gap.ndjson")
+                .lines()
+                .next()
+                .unwrap(),
+        )
+        .unwrap();
+        let (mut sinks, _control, tasks) = Sinks::start(&config.sinks);
+        sinks.emit(event).unwrap();
+        drop(sinks);
+        tasks.finish(std::time::Duration::from_secs(2)).await;
+        let text = std::fs::read_to_string(&torn).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with("\"sta"),
+            "the half line stays as it was: {text}"
+        );
+        let whole: serde_json::Value = serde_json::from_str(lines[1]).expect("a whole line");
+        assert_eq!(whole["v"], 1);
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -7,6 +7,47 @@ pub mod resolve;
 
 use std::collections::BTreeMap;
 
+/// systemd's longest unit name (UNIT_NAME_MAX less its NUL).
+const UNIT_NAME_MAX: usize = 255;
+
+/// Checks a unit name as systemd's `unit_name_is_valid` would (`myapp` stands for
+/// `myapp.service`): at most 255 bytes of letters, digits and `:-_.\@`, not starting with a dot
+/// or `@`. The error shows the name escaped, never its raw bytes.
+pub fn check_unit_name(name: &str) -> Result<(), String> {
+    let shown = || {
+        let head: String = name.chars().take(40).collect();
+        let more = if head.len() < name.len() { "..." } else { "" };
+        format!("{head:?}{more}")
+    };
+    if name.is_empty() {
+        return Err("a unit name cannot be empty".into());
+    }
+    if name.len() > UNIT_NAME_MAX {
+        return Err(format!(
+            "{} is {} bytes: systemd's unit names have at most {UNIT_NAME_MAX}",
+            shown(),
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ":-_.\\@".contains(*c)))
+    {
+        return Err(format!(
+            "{} holds {c:?}, which systemd does not allow in a unit name",
+            shown()
+        ));
+    }
+    if name.starts_with(['.', '@']) {
+        return Err(format!(
+            "{} is not a unit name: it starts with {:?}",
+            shown(),
+            &name[..1]
+        ));
+    }
+    Ok(())
+}
+
 /// A socket unit, as org.freedesktop.systemd1.Socket describes it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SocketUnit {
@@ -118,6 +159,31 @@ pub fn unit_of_cgroup(path: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unit_names_are_checked_as_systemd_checks_them() {
+        for ok in [
+            "myapp",
+            "myapp.service",
+            "web@8080.socket",
+            "a-b_c:d\\x2d.socket",
+        ] {
+            assert_eq!(check_unit_name(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(300);
+        for (bad, says) in [
+            ("", "empty"),
+            ("a/b", "'/'"),
+            ("x\u{1b}[2J", "'\\u{1b}'"),
+            (long.as_str(), "300 bytes"),
+            (".hidden", "starts with"),
+            ("@x.service", "starts with"),
+        ] {
+            let e = check_unit_name(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+            assert!(!e.contains('\u{1b}'), "no raw ESC: {e:?}");
+        }
+    }
 
     #[test]
     fn cgroup_paths_name_their_unit() {

@@ -100,7 +100,7 @@ fn try_enter<const SHIFT: usize, const LOOP: bool>(
     }
 
     let filename: u64 = arg(ctx, SHIFT)?;
-    read_user_str(filename, &mut rec.filename);
+    let _ = read_user_str(filename, &mut rec.filename);
     let argv: u64 = arg(ctx, 1 + SHIFT)?;
     read_argv(argv, rec);
     if PENDING_EXEC.insert(&pid_tgid, rec, 0).is_err() {
@@ -127,7 +127,9 @@ fn read_argv(argv: u64, rec: &mut ExecRecord) {
         }
         let slot = &mut rec.argv[i];
         slot[0] = 0;
-        read_user_str(p, slot);
+        if read_user_str(p, slot) == Some(true) {
+            rec.flags |= exec_flags::ARG_CUT;
+        }
         rec.argc = i as u32 + 1;
     }
     // SAFETY: as above.
@@ -206,7 +208,7 @@ unsafe extern "C" fn env_entry(i: u64, scan: *mut EnvScan) -> i64 {
         return 1;
     }
     let mut head = [0u8; 16];
-    if !read_user_str(p, &mut head) {
+    if read_user_str(p, &mut head).is_none() {
         return 0;
     }
     let word = u64::from_le_bytes([
@@ -215,14 +217,22 @@ unsafe extern "C" fn env_entry(i: u64, scan: *mut EnvScan) -> i64 {
     if word & PREFIX_MASK != LISTEN_PREFIX {
         return 0;
     }
-    if head[7] == b'P' && head[8] == b'I' && head[9] == b'D' && head[10] == b'=' {
-        if read_user_str(p + 11, &mut rec.listen_pid) {
-            rec.flags |= exec_flags::HAS_LISTEN_PID;
-        }
+    let (read, has, cut) = if head[7] == b'P'
+        && head[8] == b'I'
+        && head[9] == b'D'
+        && head[10] == b'='
+    {
+        (
+            read_user_str(p + 11, &mut rec.listen_pid),
+            exec_flags::HAS_LISTEN_PID,
+            exec_flags::LISTEN_PID_CUT,
+        )
     } else if head[7] == b'F' && head[8] == b'D' && head[9] == b'S' && head[10] == b'=' {
-        if read_user_str(p + 11, &mut rec.listen_fds) {
-            rec.flags |= exec_flags::HAS_LISTEN_FDS;
-        }
+        (
+            read_user_str(p + 11, &mut rec.listen_fds),
+            exec_flags::HAS_LISTEN_FDS,
+            exec_flags::LISTEN_FDS_CUT,
+        )
     } else if head[7] == b'F'
         && head[8] == b'D'
         && head[9] == b'N'
@@ -231,9 +241,19 @@ unsafe extern "C" fn env_entry(i: u64, scan: *mut EnvScan) -> i64 {
         && head[12] == b'E'
         && head[13] == b'S'
         && head[14] == b'='
-        && read_user_str(p + 15, &mut rec.listen_fdnames)
     {
-        rec.flags |= exec_flags::HAS_LISTEN_FDNAMES;
+        (
+            read_user_str(p + 15, &mut rec.listen_fdnames),
+            exec_flags::HAS_LISTEN_FDNAMES,
+            exec_flags::LISTEN_FDNAMES_CUT,
+        )
+    } else {
+        return 0;
+    };
+    match read {
+        Some(true) => rec.flags |= has | cut,
+        Some(false) => rec.flags |= has,
+        None => {}
     }
     0
 }

@@ -7,7 +7,10 @@ use sockact_common::{RecordKind, ShutdownRecord};
 
 use crate::{
     filter::{tgid_of, watched},
-    kernel::{fill_header, fill_sock_info, fill_unix_addr, is_unix, sock_of_fd, sock_state},
+    kernel::{
+        fill_header, fill_sock_info, fill_unix_addr, is_unix, sock_local_port, sock_of_fd,
+        sock_state,
+    },
     probes::{arg, park, reserve, restarted, ret, take, wake_flags},
 };
 
@@ -38,7 +41,10 @@ fn try_enter(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     let how: i64 = arg(ctx, 1)?;
-    park(ctx, pid_tgid, RecordKind::Shutdown, 0, fd, how as i32);
+    // Its port too: shutdown() of a listener whose port the kernel chose (bound to port 0)
+    // gives that port back, and the socket reads port 0 after the call.
+    let port = u64::from(sock_local_port(sk));
+    park(ctx, pid_tgid, RecordKind::Shutdown, port, fd, how as i32);
     Some(())
 }
 
@@ -66,6 +72,9 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let sk = fill_sock_info(&mut rec.sock, pending.fd);
     if !sk.is_null() && is_unix(rec.sock.family) {
         fill_unix_addr(&mut rec.unix, sk);
+    }
+    if rec.sock.local_port == 0 {
+        rec.sock.local_port = pending.ptr as u16;
     }
     entry.submit(wake_flags());
     Some(())
