@@ -347,10 +347,20 @@ fn the_shipped_unit_bounds_the_agents_memory_above_what_one_full_sink_may_hold()
         .expect("the unit sets MemoryMax=");
     let bytes: u64 = match max.trim().strip_suffix('G') {
         Some(g) => g.parse::<u64>().unwrap() << 30,
-        None => max.trim().strip_suffix('M').unwrap().parse::<u64>().unwrap() << 20,
+        None => {
+            max.trim()
+                .strip_suffix('M')
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                << 20
+        }
     };
     // One sink at its largest buffer_events, at about 570 bytes an event, fits with room.
     let one_sink = sockact_agent::config::MAX_BUFFER as u64 * 570;
-    assert!(bytes >= 4 * one_sink, "MemoryMax={max} against {one_sink} bytes");
+    assert!(
+        bytes >= 4 * one_sink,
+        "MemoryMax={max} against {one_sink} bytes"
+    );
     assert!(bytes <= 4 << 30, "a bound, not a formality: {max}");
 }

@@ -70,7 +70,7 @@ pub fn run(config: SinkConfig, feed: Feed) {
 /// Appends every batch to `path`, rotating before a batch would take it past `max` bytes.
 fn write_rotating(path: &Path, max: u64, keep: u32, mut feed: Feed) {
     let mut current: Option<Open> = None;
-    while let Some((bytes, lines)) = batch_blocking(&mut feed.rx) {
+    while let Some((bytes, lines)) = batch_blocking(&mut feed.rx, &feed.stats) {
         if feed.stats.reopen.swap(false, Ordering::Relaxed) {
             current = None;
         }
@@ -85,6 +85,7 @@ fn write_rotating(path: &Path, max: u64, keep: u32, mut feed: Feed) {
                 current = Some(open(path)?);
             }
             let o = current.as_mut().expect("opened");
+            let _writing = feed.stats.writing(lines);
             if let Err(e) = o.file.write_all(&bytes) {
                 // A disk that filled up mid-batch: no half line stays behind to spoil the next.
                 let _ = o.file.set_len(o.size);

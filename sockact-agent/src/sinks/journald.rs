@@ -71,6 +71,7 @@ pub async fn run(config: SinkConfig, mut feed: Feed) {
         }
     };
     while let Some(line) = feed.rx.recv().await {
+        feed.stats.taken(1);
         let entry = entry(&line);
         let sent = match socket.send_to(&entry, &path).await {
             // Larger than a datagram may be: journald takes it in a sealed memfd instead.

@@ -1,7 +1,8 @@
 //! The agent's sinks (DESIGN.md, "sockact-agent"): every event, numbered once, goes to each
 //! sink through that sink's own bounded queue, so a slow or broken sink can neither block
 //! another nor the kernel reader. What a sink could not take or knew it could not deliver is
-//! counted and reported as a `lost` event (`sink:<name>`) once it works again.
+//! counted and reported as one `lost` event (`sink:<name>`) once the outage is over. A write
+//! that does not return within [`WRITE_DEADLINE`] makes the sink down.
 mod file;
 mod journald;
 mod relp;
@@ -109,6 +110,36 @@ pub struct Stats {
     /// When a failure was last said: a sink that flaps (a disk with a few bytes left takes
     /// one small batch and refuses the next) is not reported again and again.
     pub warned_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the write in progress began (milliseconds on [`since_start`]), 0 when none is: a
+    /// write that does not return (a peer that accepts and never reads, a stuck stdout) makes
+    /// the sink down after [`WRITE_DEADLINE`].
+    pub writing_since: AtomicU64,
+    /// Events in its queue, and in the write in progress: what is lost if it never finishes.
+    pub queued: AtomicU64,
+    pub in_hand: AtomicU64,
+}
+
+/// A write that has not returned after this long is a sink that is down.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Milliseconds since the first call (never 0), the clock of [`Stats::writing_since`].
+fn since_start() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
+/// A write in progress, from its start to its end (see [`Stats::writing_since`]).
+pub struct Writing<'a>(&'a Stats);
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.writing_since.store(0, Ordering::Relaxed);
+        self.0.in_hand.store(0, Ordering::Relaxed);
+    }
 }
 
 /// How long after a failure was said another one is not.
@@ -117,6 +148,24 @@ const QUIET: Duration = Duration::from_secs(60);
 impl Stats {
     fn drop_events(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Marks a write of `lines` events as in progress until the guard is dropped.
+    pub fn writing(&self, lines: u64) -> Writing<'_> {
+        self.writing_since.store(since_start(), Ordering::Relaxed);
+        self.in_hand.store(lines, Ordering::Relaxed);
+        Writing(self)
+    }
+
+    /// `n` events were taken from the queue.
+    pub fn taken(&self, n: u64) {
+        self.queued.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Whether a write has been in progress for longer than [`WRITE_DEADLINE`].
+    fn stalled(&self) -> bool {
+        let since = self.writing_since.load(Ordering::Relaxed);
+        since != 0 && since_start() - since > WRITE_DEADLINE.as_millis() as u64
     }
 }
 
@@ -188,6 +237,7 @@ impl Feed {
     pub fn abandon(&mut self, in_hand: u64) {
         let mut n = in_hand;
         while self.rx.try_recv().is_ok() {
+            self.stats.taken(1);
             n += 1;
         }
         if n > 0 {
@@ -202,24 +252,24 @@ const BATCH_BYTES: usize = 64 * 1024;
 
 /// The next events to write: waits for one, then takes what else is queued, up to 64 KiB.
 /// `None` once the queue is closed and empty. Cancel-safe.
-pub async fn batch(rx: &mut mpsc::Receiver<Arc<Line>>) -> Option<(Vec<u8>, u64)> {
+pub async fn batch(rx: &mut mpsc::Receiver<Arc<Line>>, stats: &Stats) -> Option<(Vec<u8>, u64)> {
     let first = rx.recv().await?;
-    Some(more(first, rx))
+    Some(more(first, rx, stats))
 }
 
 /// The same, for a sink writing from a thread of its own (blocking writes: stdout, files).
 /// Woken by the first line, it lingers a moment for more: a thread woken for every line of a
 /// busy stream costs more in switches than the writing does.
-pub fn batch_blocking(rx: &mut mpsc::Receiver<Arc<Line>>) -> Option<(Vec<u8>, u64)> {
+pub fn batch_blocking(rx: &mut mpsc::Receiver<Arc<Line>>, stats: &Stats) -> Option<(Vec<u8>, u64)> {
     let first = rx.blocking_recv()?;
     std::thread::sleep(LINGER);
-    Some(more(first, rx))
+    Some(more(first, rx, stats))
 }
 
 /// How long a blocking sink waits for more lines once one came.
 const LINGER: Duration = Duration::from_millis(5);
 
-fn more(first: Arc<Line>, rx: &mut mpsc::Receiver<Arc<Line>>) -> (Vec<u8>, u64) {
+fn more(first: Arc<Line>, rx: &mut mpsc::Receiver<Arc<Line>>, stats: &Stats) -> (Vec<u8>, u64) {
     let mut bytes = Vec::with_capacity(BATCH_BYTES + first.json.len());
     bytes.extend_from_slice(first.json.as_bytes());
     let mut lines = 1;
@@ -232,6 +282,7 @@ fn more(first: Arc<Line>, rx: &mut mpsc::Receiver<Arc<Line>>) -> (Vec<u8>, u64) 
             Err(_) => break,
         }
     }
+    stats.taken(lines);
     (bytes, lines)
 }
 
@@ -304,6 +355,8 @@ struct Sink {
     stats: Arc<Stats>,
     /// Of `stats.dropped`, what `lost` events told already.
     reported: u64,
+    /// `stats.dropped` when last looked at: an outage is told once it is over.
+    seen: u64,
     lost_since: String,
 }
 
@@ -318,8 +371,8 @@ pub enum SinkControl {
 
 pub type SinksControl = mpsc::Sender<SinkControl>;
 
-/// A sink's task, by the sink's name.
-type NamedTask = (String, JoinHandle<()>);
+/// A sink's task, by the sink's name, with its counters.
+type NamedTask = (String, JoinHandle<()>, Arc<Stats>);
 
 /// The sinks' tasks, to wait for at exit.
 #[derive(Clone)]
@@ -336,9 +389,9 @@ impl SinkTasks {
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
         let mut late = Vec::new();
         // The deadline is shared: every sink has the same `patience`, not one after another.
-        for (name, mut task) in tasks {
+        for (name, mut task, stats) in tasks {
             if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-                late.push((name, task));
+                late.push((name, task, stats));
             }
         }
         if late.is_empty() {
@@ -346,9 +399,13 @@ impl SinkTasks {
         }
         let _ = self.give_up.send(true);
         let last = Instant::now() + Duration::from_secs(1);
-        for (name, task) in late {
+        for (name, task, stats) in late {
             if tokio::time::timeout_at(last, task).await.is_err() {
-                tracing::warn!("sink {name}: still busy at exit");
+                // Stuck in a write: what it holds and what waits behind it are lost.
+                let lost =
+                    stats.queued.load(Ordering::Relaxed) + stats.in_hand.load(Ordering::Relaxed);
+                stats.drop_events(lost);
+                tracing::warn!("sink {name}: still busy at exit: {lost} events not delivered");
             }
         }
     }
@@ -451,16 +508,17 @@ impl Sinks {
             SinkKind::Relp => tokio::spawn(relp::run(config.clone(), feed)),
             SinkKind::Journald => tokio::spawn(journald::run(config.clone(), feed)),
         };
-        self.tasks
-            .tasks
-            .lock()
-            .expect("not poisoned")
-            .push((config.name.clone(), task));
+        self.tasks.tasks.lock().expect("not poisoned").push((
+            config.name.clone(),
+            task,
+            stats.clone(),
+        ));
         Sink {
             config,
             tx,
             stats,
             reported: 0,
+            seen: 0,
             lost_since: Clock::now_rfc3339(),
         }
     }
@@ -495,8 +553,20 @@ impl Emit for Sinks {
         }
         let text = self.text_lines;
         let line = Arc::new(Line::encode(&event, text)?);
+        let lost_of = match &event.data {
+            Data::Lost(l) => l.cause.strip_prefix("sink:"),
+            _ => None,
+        };
         for s in &self.sinks {
+            // Counted before it can be taken, so that the count never goes below zero.
+            s.stats.queued.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = s.tx.try_send(line.clone()) {
+                s.stats.taken(1);
+                // A sink's own loss notice that it cannot take is not one more loss to tell:
+                // counting it would feed a notice a tick, forever.
+                if lost_of == Some(s.config.name.as_str()) {
+                    continue;
+                }
                 if s.stats.dropped.load(Ordering::Relaxed) == s.reported {
                     match e {
                         mpsc::error::TrySendError::Full(_) => tracing::warn!(
@@ -544,8 +614,21 @@ impl Emit for Sinks {
         }
         let mut out = Vec::new();
         for s in &mut self.sinks {
+            if s.stats.stalled() && s.stats.healthy.swap(false, Ordering::Relaxed) {
+                s.stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "sink {}: a write has not returned in {} s: down until it does",
+                    s.config.name,
+                    WRITE_DEADLINE.as_secs()
+                );
+            }
             let dropped = s.stats.dropped.load(Ordering::Relaxed);
-            if dropped > s.reported && s.stats.healthy.load(Ordering::Relaxed) {
+            // Told once an outage is over, with all it cost: the sink works, its queue has
+            // room again, and nothing more was dropped since the last look.
+            let over =
+                s.stats.healthy.load(Ordering::Relaxed) && s.tx.capacity() > 0 && dropped == s.seen;
+            s.seen = dropped;
+            if dropped > s.reported && over {
                 let count = dropped - s.reported;
                 tracing::warn!("sink {}: {count} events lost", s.config.name);
                 s.reported = dropped;

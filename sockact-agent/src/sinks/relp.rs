@@ -336,7 +336,10 @@ impl Session {
                 _ = feed.give_up.wait_for(|g| *g), if *closed => Step::GiveUp,
             };
             match step {
-                Step::Queued(Some(line)) => self.send(Pending { line, attempts: 0 }, pid).await?,
+                Step::Queued(Some(line)) => {
+                    feed.stats.taken(1);
+                    self.send(Pending { line, attempts: 0 }, pid).await?
+                }
                 Step::Queued(None) => *closed = true,
                 Step::Answer(f) => self.settle(f, feed),
                 Step::GiveUp => {

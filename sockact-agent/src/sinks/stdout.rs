@@ -5,9 +5,12 @@ use super::{Feed, batch_blocking};
 
 pub fn run(mut feed: Feed) {
     let stdout = std::io::stdout();
-    while let Some((bytes, lines)) = batch_blocking(&mut feed.rx) {
+    while let Some((bytes, lines)) = batch_blocking(&mut feed.rx, &feed.stats) {
         let mut out = stdout.lock();
-        match out.write_all(&bytes).and_then(|()| out.flush()) {
+        let writing = feed.stats.writing(lines);
+        let result = out.write_all(&bytes).and_then(|()| out.flush());
+        drop(writing);
+        match result {
             Ok(()) => feed.delivered(lines),
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
                 // The reader is gone: the agent stops (Sinks::closed).

@@ -8,7 +8,7 @@ use tokio::{
     net::{TcpStream, UnixStream},
 };
 
-use super::{Backoff, CONNECT_TIMEOUT, Feed, batch, reconnect};
+use super::{Backoff, CONNECT_TIMEOUT, Feed, WRITE_DEADLINE, batch, reconnect};
 use crate::config::{SinkConfig, SinkKind};
 
 pub trait Conn: AsyncRead + AsyncWrite + Send {}
@@ -60,7 +60,7 @@ pub async fn run(config: SinkConfig, mut feed: Feed) {
         let mut scratch = [0u8; 256];
         loop {
             let step = tokio::select! {
-                next = batch(&mut feed.rx) => Step::Batch(next),
+                next = batch(&mut feed.rx, &feed.stats) => Step::Batch(next),
                 read = conn.read(&mut scratch) => Step::Read(read),
             };
             match step {
@@ -68,15 +68,24 @@ pub async fn run(config: SinkConfig, mut feed: Feed) {
                     let _ = conn.shutdown().await;
                     return;
                 }
-                Step::Batch(Some((bytes, lines))) => match conn.write_all(&bytes).await {
-                    Ok(()) => feed.delivered(lines),
-                    Err(e) => {
-                        // Part of it may have arrived; none of it is known to have.
-                        feed.stats.drop_events(lines);
-                        feed.failed(&format!("writing to {peer}"), &e);
-                        break;
+                Step::Batch(Some((bytes, lines))) => {
+                    let writing = feed.stats.writing(lines);
+                    let written = tokio::time::timeout(WRITE_DEADLINE, conn.write_all(&bytes))
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+                    drop(writing);
+                    match written {
+                        Ok(()) => feed.delivered(lines),
+                        Err(e) => {
+                            // Part of it may have arrived; none of it is known to have. A peer
+                            // that takes nothing for WRITE_DEADLINE is given up on: connected
+                            // again, it may read again.
+                            feed.stats.drop_events(lines);
+                            feed.failed(&format!("writing to {peer}"), &e);
+                            break;
+                        }
                     }
-                },
+                }
                 Step::Read(Ok(0)) => {
                     feed.failed(&peer, &"the peer closed the connection");
                     break;
@@ -94,9 +103,152 @@ pub async fn run(config: SinkConfig, mut feed: Feed) {
 
 #[cfg(test)]
 mod tests {
-    use crate::sinks::{Line, Sinks};
+    use crate::sinks::{Line, Sinks, WRITE_DEADLINE};
     use crate::{config::AgentConfig, output::Emit};
     use tokio::io::AsyncBufReadExt;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_exit_what_a_stuck_sink_holds_is_counted_lost() {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let config = AgentConfig::parse(
+            &format!("[[sink]]\nkind = \"tcp\"\naddress = \"{addr}\"\nbuffer_events = 5000\n"),
+            "t.toml",
+        )
+        .unwrap();
+        let events: Vec<crate::events::Event> =
+            include_str!("../../../tests/fixtures/restart_gap.ndjson")
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        let (mut sinks, _control, tasks) = Sinks::start(&config.sinks);
+        let stats = sinks.stats().lock().unwrap()[0].1.clone();
+        for _ in 0..400 {
+            for e in &events {
+                sinks.emit(e.clone()).unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+        // Until the write is stuck with a full queue behind it.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let written = sinks.lines_written();
+        drop(sinks);
+        tasks.finish(std::time::Duration::from_millis(500)).await;
+        let delivered = stats.delivered.load(Ordering::Relaxed);
+        let dropped = stats.dropped.load(Ordering::Relaxed);
+        assert!(
+            delivered < written,
+            "the peer took only part: {delivered} of {written}"
+        );
+        assert_eq!(
+            delivered + dropped,
+            written,
+            "every event delivered or counted lost"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_that_never_reads_is_a_sink_down_within_its_deadline_told_of_once() {
+        use std::sync::atomic::Ordering;
+        const ROUNDS: u64 = 400;
+        // A log receiver that accepts and never reads.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let dir = std::env::temp_dir().join(format!("sockact-stall-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("events.ndjson");
+        let config = AgentConfig::parse(
+            &format!(
+                "[[sink]]\nkind = \"tcp\"\naddress = \"{addr}\"\nbuffer_events = 1000\n\n\
+                 [[sink]]\nkind = \"file\"\npath = \"{}\"\n",
+                file.display()
+            ),
+            "t.toml",
+        )
+        .unwrap();
+        let events: Vec<crate::events::Event> =
+            include_str!("../../../tests/fixtures/restart_gap.ndjson")
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+        let (mut sinks, _control, tasks) = Sinks::start(&config.sinks);
+        let stats = sinks.stats().lock().unwrap()[0].1.clone();
+        // Far more than the socket buffers and the sink's queue hold.
+        for _ in 0..ROUNDS {
+            for e in &events {
+                sinks.emit(e.clone()).unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+        let burst = std::time::Instant::now();
+        // Then quiet, as the session runs: whatever the sinks say is due is written.
+        let mut lost = 0;
+        let mut down_after = None;
+        while burst.elapsed() < WRITE_DEADLINE + std::time::Duration::from_secs(3) {
+            for data in sinks.due() {
+                if matches!(&data, crate::events::Data::Lost(l) if l.cause == "sink:tcp") {
+                    lost += 1;
+                }
+                sinks
+                    .emit(crate::events::Event {
+                        v: 1,
+                        seq: 0,
+                        ts: crate::clock::Clock::now_rfc3339(),
+                        host: "h".into(),
+                        data,
+                        process: None,
+                    })
+                    .unwrap();
+            }
+            // Down: its write failed (timed out) or is seen stuck.
+            let down =
+                !stats.healthy.load(Ordering::Relaxed) || stats.errors.load(Ordering::Relaxed) > 0;
+            if down_after.is_none() && down {
+                down_after = Some(burst.elapsed());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let down_after = down_after.expect("the stalled sink was reported down");
+        assert!(
+            down_after <= WRITE_DEADLINE + std::time::Duration::from_secs(2),
+            "down after {down_after:?}"
+        );
+        assert!(
+            lost <= 2,
+            "one lost record an outage, not one a tick: {lost}"
+        );
+        assert!(
+            stats.dropped.load(Ordering::Relaxed) > 0,
+            "what it could not take is counted"
+        );
+        // The other sink got every line written (or counted what its own full queue could not
+        // take in the burst), and the stall added no more than its notices.
+        let written = sinks.lines_written();
+        let file_stats = sinks.stats().lock().unwrap()[1].1.clone();
+        drop(sinks);
+        tasks.finish(std::time::Duration::from_secs(1)).await;
+        let lines = std::fs::read_to_string(&file).unwrap().lines().count() as u64;
+        assert_eq!(lines + file_stats.dropped.load(Ordering::Relaxed), written);
+        assert!(
+            written <= ROUNDS * events.len() as u64 + 2,
+            "the stall added no more than its notices: {written}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[tokio::test]
     async fn a_unix_sink_writes_ndjson_and_comes_back_after_the_reader_restarts() {
