@@ -37,9 +37,12 @@ pub fn rootfs() -> PathBuf {
 /// (`@APPS@` in a unit).
 const APPS: &str = "apps";
 
+/// Where the scenarios are: `SOCKACT_SCENARIOS` (the kernel matrix's VMs carry them), else
+/// this crate's own `scenarios/`.
 fn scenario_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("scenarios")
+    std::env::var_os("SOCKACT_SCENARIOS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scenarios"))
         .join(name)
 }
 

@@ -95,9 +95,9 @@ fn payload(purpose: &Purpose, series: &str) -> anyhow::Result<Payload> {
             root.join("target/release").join(bin),
         ));
     }
-    // The tests find their scenarios through the path they were built at.
+    // Not where the checkout is: a checkout under /tmp would be emptied by the VM's boot.
     p.trees
-        .push((root.join("tests/scenarios"), root.join("tests/scenarios")));
+        .push((opt.join("scenarios"), root.join("tests/scenarios")));
     let system = PathBuf::from("/etc/systemd/system");
     match purpose {
         Purpose::Tests(filters) => {
@@ -114,7 +114,8 @@ fn payload(purpose: &Purpose, series: &str) -> anyhow::Result<Payload> {
                 opt.join("run"),
                 format!(
                     "#!/bin/sh\nexec >/dev/ttyS1 2>&1\nstty -F /dev/ttyS1 -opost 2>/dev/null\n\
-                     export SOCKACT_TESTBED=pid1 PATH={OPT}/bin:$PATH HOME=/root\n\
+                     export SOCKACT_TESTBED=pid1 SOCKACT_SCENARIOS={OPT}/scenarios \
+                     PATH={OPT}/bin:$PATH HOME=/root\n\
                      ( {command} )\necho \"{RESULT}$?\"\n"
                 ),
                 0o755,

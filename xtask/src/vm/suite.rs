@@ -49,7 +49,8 @@ pub fn driver(opt: &str, series: &str, filters: &[String]) -> String {
 exec >/dev/ttyS1 2>&1
 stty -F /dev/ttyS1 -opost 2>/dev/null
 echo "sockact-vm: kernel {series}: $(uname -r)"
-export SOCKACT_TESTBED=pid1 SOCKACT_TRACE_BIN={opt}/bin/sockact-trace RUST_BACKTRACE=1 HOME=/root
+export SOCKACT_TESTBED=pid1 SOCKACT_TRACE_BIN={opt}/bin/sockact-trace SOCKACT_SCENARIOS={opt}/scenarios
+export RUST_BACKTRACE=1 HOME=/root
 # One emulated CPU, several times slower than a native one: waits scale, and a healthy python
 # service's start-up (over a second here) is not a slow cold start or restart.
 export SOCKACT_TEST_SLOWDOWN=3 SOCKACT_TEST_SET=cold_start.warn_ms=10000,restart_gap.warn_ms=10000
