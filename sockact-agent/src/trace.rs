@@ -51,6 +51,8 @@ const DRAIN_BUDGET: usize = 1024;
 
 /// How often the kernel's loss counters are turned into `lost` events.
 const LOST_EVERY: Duration = Duration::from_secs(1);
+/// A ring buffer that never empties still has its losses told this often.
+const LOST_LATEST: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
@@ -1074,8 +1076,15 @@ async fn read_loop(
             _ = drain.tick() => session.drain_some(ring.get_mut()).map(|_| ()),
             _ = tick.tick() => {
                 let loaded = ring.get_mut();
-                let mut r = session.drain_some(loaded).and_then(|_| session.tick(loaded));
-                if r.is_ok() && last_lost_check.elapsed() >= LOST_EVERY {
+                let drained = session.drain_some(loaded);
+                let r = drained.and_then(|empty| session.tick(loaded).map(|()| empty));
+                // Losses are told where their gap is: once the records written before them
+                // are read (the ring buffer found empty), not ahead of them; under a load
+                // that never lets it empty, after LOST_LATEST at the latest.
+                let due = last_lost_check.elapsed() >= LOST_EVERY
+                    && (matches!(r, Ok(true)) || last_lost_check.elapsed() >= LOST_LATEST);
+                let mut r = r.map(|_| ());
+                if r.is_ok() && due {
                     last_lost_check = Instant::now();
                     let counters = ring.get_ref().counters();
                     r = session.report_lost(&counters);

@@ -97,9 +97,28 @@ fn agent_on(c: &Container, config: &Path) -> Trace {
     ])
 }
 
-/// Reads stdout lines until one matches.
-fn read_until(out: &mut impl BufRead, pred: impl Fn(&Value) -> bool) -> Value {
+/// Reads stdout lines until one matches; fails the test when none comes within a minute.
+fn read_until(
+    out: &mut BufReader<std::process::ChildStdout>,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + sockact_tests::scaled(Duration::from_secs(60));
     loop {
+        if !out.buffer().contains(&b'\n') {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fd = libc::pollfd {
+                fd: out.get_ref().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let ready = unsafe { libc::poll(&mut fd, 1, left.as_millis() as i32) };
+            assert!(
+                ready > 0,
+                "no matching line on the agent's stdout within a minute"
+            );
+        }
         let mut line = String::new();
         let n = out
             .read_line(&mut line)
@@ -527,6 +546,17 @@ fn journald_gets_structured_fields_and_sighup_adds_a_sink_without_losing_events(
         assert!(Instant::now() < deadline, "no reload event");
         sleep(Duration::from_millis(50));
     }
+    // Still tracing what is not excluded: a socket activation outside the container.
+    let port = free_port();
+    let mut activated = Command::new("systemd-socket-activate")
+        .args(["-l", &format!("127.0.0.1:{port}"), "/bin/true"])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    let activated_pid = activated.id();
+    let _ = sockact_tests::connect(port);
+    let _ = activated.wait();
+    agent.wait_for(WAIT, |v| v["kind"] == "exec" && v["pid"] == activated_pid);
     sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     let served = clients.join().unwrap();
@@ -561,6 +591,13 @@ fn journald_gets_structured_fields_and_sighup_adds_a_sink_without_losing_events(
         .filter(|v| v["seq"].as_u64() > Some(excluded_at) && about_echo(v))
         .collect();
     assert!(after.is_empty(), "echo after its exclusion: {after:?}");
+    assert!(
+        lines.iter().any(|v| v["seq"].as_u64() > Some(excluded_at)
+            && v["kind"] == "exec"
+            && v["pid"] == activated_pid
+            && v["listen_fds"] == 1),
+        "tracing goes on for what is not excluded"
+    );
     let in_file: Vec<Value> = std::fs::read_to_string(&file)
         .unwrap()
         .lines()
@@ -711,6 +748,36 @@ fn the_shipped_unit_passes_systemd_analyze_and_its_capabilities_suffice() {
         .unwrap_or_else(|| panic!("{overall}"));
     eprintln!("systemd-analyze security: {overall}");
     assert!(exposure < 5.0, "{overall}\n{report}");
+
+    // Its syscall filter takes from CAP_SYS_PTRACE all but reading /proc: a process under the
+    // unit's filter can neither trace nor touch another's memory.
+    let filters: Vec<String> = unit
+        .lines()
+        .filter(|l| l.starts_with("SystemCallFilter=") || l.starts_with("SystemCallErrorNumber="))
+        .map(|l| format!("--property={l}"))
+        .collect();
+    assert!(filters.len() >= 2, "{unit}");
+    let probe = "import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); \
+                 r = libc.ptrace(0, 0, 0, 0); print('ptrace', r, ctypes.get_errno()); \
+                 r = libc.syscall(310, os.getpid(), 0, 0, 0, 0, 0); \
+                 print('process_vm_readv', r, ctypes.get_errno())";
+    let run = |props: &[String]| {
+        let mut args = vec!["systemd-run", "--wait", "--pipe", "--quiet"];
+        args.extend(props.iter().map(String::as_str));
+        args.extend(["/usr/bin/python3", "-c", probe]);
+        let out = c.exec(&args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let free = run(&[]);
+    assert!(
+        free.contains("ptrace 0 0") && free.contains("process_vm_readv 0 0"),
+        "without the filter both work: {free}"
+    );
+    let filtered = run(&filters);
+    assert!(
+        filtered.contains("ptrace -1 1") && filtered.contains("process_vm_readv -1 1"),
+        "the unit's filter denies them (EPERM): {filtered}"
+    );
 
     // Exactly the unit's capabilities, bounding and ambient: every program attaches and
     // systemd's listeners are found; without any one of them, something is missing.

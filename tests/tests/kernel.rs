@@ -466,13 +466,35 @@ fn a_tracepoint_missing_at_start_is_reported_once_and_the_rest_works() {
 
 #[test]
 fn a_ring_buffer_overflow_is_counted_exactly() {
-    let trace = Trace::start(&["--all"]);
+    let mut trace = Trace::start(&["--all"]);
     // A reader that stalls while a burst goes on: the ring buffer (4 MiB) fills up.
     trace.signal(libc::SIGSTOP);
     let burst = python(LOAD, &["30000"]);
+    let burst_pid = burst.id();
     wait_ok(burst, "a burst of 30,000 loopback connections");
     trace.signal(libc::SIGCONT);
+    // Told while tracing, not only at the end.
+    trace.wait_for(Duration::from_secs(30), |v| {
+        v["kind"] == "lost" && v["cause"] == "ring_buffer_full"
+    });
     let lines = trace.stop();
+    // And where the gap is: after every record the burst wrote before the ring buffer was
+    // full, which were all waiting in it when tracing resumed.
+    let first_lost = lines
+        .iter()
+        .find(|v| v["kind"] == "lost" && v["cause"] == "ring_buffer_full")
+        .map(|v| v["seq"].as_u64().unwrap())
+        .unwrap();
+    let last_of_burst = lines
+        .iter()
+        .filter(|v| v["pid"] == burst_pid)
+        .map(|v| v["seq"].as_u64().unwrap())
+        .max()
+        .expect("events of the burst");
+    assert!(
+        first_lost > last_of_burst,
+        "the loss is told at seq {first_lost}, ahead of the burst's records up to {last_of_burst}"
+    );
     let stop = lines
         .iter()
         .find(|v| v["kind"] == "agent" && v["action"] == "stop")
