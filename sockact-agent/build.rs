@@ -9,6 +9,17 @@ fn main() -> anyhow::Result<()> {
     let ebpf = manifest.join("../sockact-ebpf").canonicalize()?;
     let common = manifest.join("../sockact-common").canonicalize()?;
     println!("cargo:rerun-if-changed={}", common.display());
+    // The pinned nightly (rust-toolchain.toml's channel).
+    let pin = ebpf.join("rust-toolchain.toml");
+    println!("cargo:rerun-if-changed={}", pin.display());
+    let text =
+        std::fs::read_to_string(&pin).with_context(|| format!("reading {}", pin.display()))?;
+    let channel = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("channel"))
+        .and_then(|v| v.split('"').nth(1))
+        .with_context(|| format!("no channel in {}", pin.display()))?
+        .to_owned();
     // sockact-ebpf is its own workspace (nightly, build-std, its own profiles and lock file):
     // aya-build runs cargo in the current directory.
     std::env::set_current_dir(&ebpf)?;
@@ -19,7 +30,7 @@ fn main() -> anyhow::Result<()> {
             root_dir: root,
             ..Default::default()
         }],
-        aya_build::Toolchain::Nightly,
+        aya_build::Toolchain::Custom(&channel),
     )
     .context(
         "building the eBPF programs failed: run `cargo xtask setup` (it installs rust-src for \

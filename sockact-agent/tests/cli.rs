@@ -135,6 +135,32 @@ fn thresholds_are_set_before_or_after_the_subcommand_and_checked() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // And it takes effect, before the subcommand or after: the recorded cold start of about
+    // two seconds is a warning at the default 1000 ms, information at 100000.
+    let cold = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/cold_start.ndjson"
+    );
+    let severity = |args: &[&str]| {
+        let out = trace(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["rule"] == "cold_start")
+            .map(|v| v["severity"].as_str().unwrap().to_owned())
+            .expect("a cold_start finding")
+    };
+    assert_eq!(severity(&["replay", cold, "--format", "json"]), "warning");
+    let raised = "cold_start.warn_ms=100000";
+    assert_eq!(
+        severity(&["--set", raised, "replay", cold, "--format", "json"]),
+        "info"
+    );
+    assert_eq!(
+        severity(&["replay", cold, "--format", "json", "--set", raised]),
+        "info"
+    );
     let out = trace(&["replay", fixture, "--set", "fds_ignored.after=100"]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -48,7 +48,7 @@ pub fn require_root() {
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
-        "this test loads eBPF programs and needs root: run `sudo -E cargo xtask test`"
+        "this test loads eBPF programs and needs root: run `cargo xtask test` as root"
     );
 }
 
@@ -213,6 +213,24 @@ impl Trace {
         self.stop_with(libc::SIGINT)
     }
 
+    /// Waits for the process to end; kills it and fails the test after `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for sockact-trace") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "still running {limit:?} after the signal:\n{}",
+                    self.stderr()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The process's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -234,7 +252,7 @@ impl Trace {
     /// stop, then the `summary` last.
     pub fn stop_with(mut self, signal: i32) -> Vec<Value> {
         self.signal(signal);
-        let status = self.child.wait().expect("waiting for sockact-trace");
+        let status = self.wait_exit(scaled(Duration::from_secs(30)));
         while self.pump(Duration::from_millis(500)) {}
         assert!(status.success(), "sockact-trace exited with {status}");
         let n = self.seen.len();

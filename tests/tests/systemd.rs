@@ -932,23 +932,18 @@ fn restart_under_load(c: &Container, unrelated: bool) -> RestartRun {
     }
 }
 
-/// The kernel's TcpExtListenOverflows against the listener's own counter. The listener counts a
-/// connection refused at its handshake's last ACK twice (once where the queue is found full,
+/// The kernel's TcpExtListenOverflows against the listener's own counter, where the counter is
+/// the test's alone: in the kernel matrix's VMs (on a shared host any other overflow adds to
+/// it; there the listener's own counter, compared above, is the measure). The listener counts
+/// a connection refused at its handshake's last ACK twice (once where the queue is found full,
 /// once where the ACK is discarded), TcpExtListenOverflows once; refused at its SYN, once each.
-/// Clients pinned to one native CPU finish each handshake before the next begins, so every
-/// refusal comes at a SYN and the two agree exactly. On the kernel matrix's emulated CPU the
-/// kernel defers its packet processing, handshakes interleave, and some refusals come at the
-/// last ACK: there each is counted once more by the listener, never less.
+/// On the VMs' emulated CPU the kernel defers its packet processing, handshakes interleave, and
+/// some refusals come at the last ACK: each is counted once more by the listener, never less.
 fn assert_overflows_match(overflows: u64, listener: u64) {
     if testbed::on_pid1() {
         assert!(
             overflows <= listener && listener <= 2 * overflows,
             "TcpExtListenOverflows {overflows} against the listener's {listener}"
-        );
-    } else {
-        assert_eq!(
-            overflows, listener,
-            "nothing else overflowed: the kernel's TcpExtListenOverflows"
         );
     }
 }

@@ -34,7 +34,7 @@ fn request(port: u16) -> String {
 
 pub fn run() -> anyhow::Result<()> {
     if !is_root() {
-        bail!("the demo boots a container and loads eBPF programs: run `sudo -E cargo xtask demo`");
+        bail!("the demo boots a container and loads eBPF programs: run `cargo xtask demo` as root");
     }
     setup::run()?;
     rootfs::ensure()?;

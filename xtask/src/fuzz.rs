@@ -43,7 +43,8 @@ pub fn run(seconds: u64, only: &[String]) -> anyhow::Result<()> {
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)
-            .args(["+nightly", "fuzz", "build"]),
+            .arg(format!("+{}", crate::util::pinned_nightly()?))
+            .args(["fuzz", "build"]),
     )?;
     let corpus_root = root.join("target/fuzz/corpus");
     for target in &targets {
@@ -55,7 +56,8 @@ pub fn run(seconds: u64, only: &[String]) -> anyhow::Result<()> {
         println!("fuzz: {target} for {seconds} s ({seeds} seeds)");
         let status = Command::new("cargo")
             .current_dir(&root)
-            .args(["+nightly", "fuzz", "run", target])
+            .arg(format!("+{}", crate::util::pinned_nightly()?))
+            .args(["fuzz", "run", target])
             .arg(&corpus)
             .arg(&regressions)
             .arg("--")

@@ -44,7 +44,7 @@ pub fn ensure() -> anyhow::Result<PathBuf> {
         return Ok(dir);
     }
     if !is_root() {
-        bail!("building the test root needs root (debootstrap): run `sudo -E cargo xtask rootfs`");
+        bail!("building the test root needs root (debootstrap): run `cargo xtask rootfs` as root");
     }
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);

@@ -28,8 +28,6 @@ const PACKAGES: &[&str] = &[
     "systemd-container",
 ];
 
-const NIGHTLY: &str = "nightly";
-
 pub fn run() -> anyhow::Result<()> {
     let mut report = Report::default();
     debian_packages(&mut report)?;
@@ -109,7 +107,8 @@ fn install_packages(packages: &[&str], report: &mut Report) -> anyhow::Result<()
 
 /// cargo-fuzz (libFuzzer through `cargo +nightly fuzz`), for `cargo xtask fuzz` and the tests.
 pub fn cargo_fuzz() -> anyhow::Result<()> {
-    let works = output(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))
+    let nightly = format!("+{}", crate::util::pinned_nightly()?);
+    let works = output(Command::new("cargo").args([nightly.as_str(), "fuzz", "--version"]))
         .map(|o| o.status.success())
         .unwrap_or(false);
     if works {
@@ -119,29 +118,32 @@ pub fn cargo_fuzz() -> anyhow::Result<()> {
     run_cmd(Command::new("cargo").args(["install", "cargo-fuzz", "--version", "^0.13", "--locked"]))
 }
 
-/// The nightly toolchain with rust-src (`-Z build-std=core` for bpfel-unknown-none).
+/// The nightly toolchain with rust-src (`-Z build-std=core` for bpfel-unknown-none), the one
+/// sockact-ebpf/rust-toolchain.toml pins.
 fn nightly(report: &mut Report) -> anyhow::Result<()> {
+    let nightly = crate::util::pinned_nightly()?;
+    let nightly = nightly.as_str();
     let toolchains = stdout(Command::new("rustup").args(["toolchain", "list"]))?;
-    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+    if !toolchains.lines().any(|l| l.starts_with(nightly)) {
         run_cmd(Command::new("rustup").args([
             "toolchain",
             "install",
-            NIGHTLY,
+            nightly,
             "--profile",
             "minimal",
             "--component",
             "rust-src",
         ]))?;
-        report.installed.push("rust:nightly".into());
+        report.installed.push(format!("rust:{nightly}"));
     } else {
-        report.present.push("rust:nightly".into());
+        report.present.push(format!("rust:{nightly}"));
     }
     let components = stdout(Command::new("rustup").args([
         "component",
         "list",
         "--installed",
         "--toolchain",
-        NIGHTLY,
+        nightly,
     ]))?;
     if components.lines().any(|l| l.starts_with("rust-src")) {
         report.present.push("rust-src".into());
@@ -151,7 +153,7 @@ fn nightly(report: &mut Report) -> anyhow::Result<()> {
             "add",
             "rust-src",
             "--toolchain",
-            NIGHTLY,
+            nightly,
         ]))?;
         report.installed.push("rust-src".into());
     }
@@ -160,7 +162,9 @@ fn nightly(report: &mut Report) -> anyhow::Result<()> {
 
 /// The nightly's LLVM: its major version and the path of its shared library.
 fn nightly_llvm() -> anyhow::Result<(String, std::path::PathBuf, String)> {
-    let vv = stdout(Command::new("rustc").args([format!("+{NIGHTLY}").as_str(), "-vV"]))?;
+    let nightly = crate::util::pinned_nightly()?;
+    let nightly = nightly.as_str();
+    let vv = stdout(Command::new("rustc").args([format!("+{nightly}").as_str(), "-vV"]))?;
     let field = |name: &str| {
         vv.lines()
             .find_map(|l| l.strip_prefix(name))
@@ -170,7 +174,7 @@ fn nightly_llvm() -> anyhow::Result<(String, std::path::PathBuf, String)> {
     let major = llvm.split('.').next().unwrap_or_default().to_owned();
     let commit = field("commit-hash:").unwrap_or_default();
     let sysroot =
-        stdout(Command::new("rustc").args([format!("+{NIGHTLY}").as_str(), "--print", "sysroot"]))?;
+        stdout(Command::new("rustc").args([format!("+{nightly}").as_str(), "--print", "sysroot"]))?;
     let lib = std::fs::read_dir(Path::new(&sysroot).join("lib"))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
@@ -213,6 +217,8 @@ fn bpf_linker(report: &mut Report) -> anyhow::Result<()> {
                 "bpf-linker",
                 "--version",
                 "^0.13",
+                // The dependencies it was released with: a fresh machine builds what was tested.
+                "--locked",
                 "--force",
                 "--no-default-features",
                 "--features",

@@ -11,7 +11,7 @@ use crate::{
 
 pub fn run(minutes: f64, clients: usize, rate: u32) -> anyhow::Result<()> {
     if !is_root() {
-        bail!("the soak loads eBPF programs and boots a container: run `sudo -E cargo xtask soak`");
+        bail!("the soak loads eBPF programs and boots a container: run `cargo xtask soak` as root");
     }
     setup::run()?;
     build_binaries()?;

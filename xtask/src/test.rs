@@ -16,6 +16,28 @@ const FUZZ_SECONDS: u64 = 20;
 pub fn run(kernels: &[String], args: &[String]) -> anyhow::Result<()> {
     setup::run()?;
     let root = root();
+    // The code as committed is formatted and lint-free (the workspace's lints, warnings as
+    // errors), the eBPF crate included.
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--", "--check"]),
+    )?;
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "fmt",
+        "--manifest-path",
+        "sockact-ebpf/Cargo.toml",
+        "--",
+        "--check",
+    ]))?;
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The binaries the privileged tests drive.
     build_binaries()?;
     if !kernels.is_empty() {
@@ -41,7 +63,7 @@ pub fn run(kernels: &[String], args: &[String]) -> anyhow::Result<()> {
     fuzz::run(FUZZ_SECONDS, &[])?;
     if !is_root() {
         bail!(
-            "the kernel and end-to-end tests need root (they load eBPF programs): run `sudo -E cargo xtask test`"
+            "the kernel and end-to-end tests need root (they load eBPF programs): run `cargo xtask test` as root"
         );
     }
     // The real-systemd test bed's root, built once and cached.

@@ -78,3 +78,15 @@ pub fn build_binaries() -> anyhow::Result<()> {
         "--bins",
     ]))
 }
+
+/// The nightly toolchain sockact-ebpf/rust-toolchain.toml pins (`nightly-YYYY-MM-DD`).
+pub fn pinned_nightly() -> anyhow::Result<String> {
+    let path = root().join("sockact-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("channel"))
+        .and_then(|v| v.split('"').nth(1))
+        .map(str::to_owned)
+        .with_context(|| format!("no channel in {}", path.display()))
+}

@@ -141,7 +141,12 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let emitted = sinks.lines_written();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while stats.delivered.load(Ordering::Relaxed) < emitted {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not delivered within a minute"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         let lines_of =

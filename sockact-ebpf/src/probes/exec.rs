@@ -217,39 +217,36 @@ unsafe extern "C" fn env_entry(i: u64, scan: *mut EnvScan) -> i64 {
     if word & PREFIX_MASK != LISTEN_PREFIX {
         return 0;
     }
-    let (read, has, cut) = if head[7] == b'P'
-        && head[8] == b'I'
-        && head[9] == b'D'
-        && head[10] == b'='
-    {
-        (
-            read_user_str(p + 11, &mut rec.listen_pid),
-            exec_flags::HAS_LISTEN_PID,
-            exec_flags::LISTEN_PID_CUT,
-        )
-    } else if head[7] == b'F' && head[8] == b'D' && head[9] == b'S' && head[10] == b'=' {
-        (
-            read_user_str(p + 11, &mut rec.listen_fds),
-            exec_flags::HAS_LISTEN_FDS,
-            exec_flags::LISTEN_FDS_CUT,
-        )
-    } else if head[7] == b'F'
-        && head[8] == b'D'
-        && head[9] == b'N'
-        && head[10] == b'A'
-        && head[11] == b'M'
-        && head[12] == b'E'
-        && head[13] == b'S'
-        && head[14] == b'='
-    {
-        (
-            read_user_str(p + 15, &mut rec.listen_fdnames),
-            exec_flags::HAS_LISTEN_FDNAMES,
-            exec_flags::LISTEN_FDNAMES_CUT,
-        )
-    } else {
-        return 0;
-    };
+    let (read, has, cut) =
+        if head[7] == b'P' && head[8] == b'I' && head[9] == b'D' && head[10] == b'=' {
+            (
+                read_user_str(p + 11, &mut rec.listen_pid),
+                exec_flags::HAS_LISTEN_PID,
+                exec_flags::LISTEN_PID_CUT,
+            )
+        } else if head[7] == b'F' && head[8] == b'D' && head[9] == b'S' && head[10] == b'=' {
+            (
+                read_user_str(p + 11, &mut rec.listen_fds),
+                exec_flags::HAS_LISTEN_FDS,
+                exec_flags::LISTEN_FDS_CUT,
+            )
+        } else if head[7] == b'F'
+            && head[8] == b'D'
+            && head[9] == b'N'
+            && head[10] == b'A'
+            && head[11] == b'M'
+            && head[12] == b'E'
+            && head[13] == b'S'
+            && head[14] == b'='
+        {
+            (
+                read_user_str(p + 15, &mut rec.listen_fdnames),
+                exec_flags::HAS_LISTEN_FDNAMES,
+                exec_flags::LISTEN_FDNAMES_CUT,
+            )
+        } else {
+            return 0;
+        };
     match read {
         Some(true) => rec.flags |= has | cut,
         Some(false) => rec.flags |= has,

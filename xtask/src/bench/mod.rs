@@ -42,7 +42,7 @@ fn median(v: &[f64]) -> f64 {
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !is_root() {
-        bail!("the benchmarks load eBPF programs: run `sudo -E cargo xtask bench`");
+        bail!("the benchmarks load eBPF programs: run `cargo xtask bench` as root");
     }
     setup::run()?;
     setup::bench_packages()?;
