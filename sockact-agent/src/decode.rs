@@ -232,6 +232,7 @@ fn exec(r: &ExecRecord) -> Exec {
         argv_truncated: has(exec_flags::ARGV_TRUNCATED) || has(exec_flags::ARG_CUT),
         listen_fdnames_truncated: has(exec_flags::HAS_LISTEN_FDNAMES)
             && has(exec_flags::LISTEN_FDNAMES_CUT),
+        listen_trusted: !has(exec_flags::LISTEN_UNTRUSTED),
     }
 }
 
@@ -567,6 +568,24 @@ mod tests {
             exec_of(&r).listen_fds,
             Some(NumberOrString::String("000000000000000".into()))
         );
+    }
+
+    #[test]
+    fn listen_values_nobody_trusted_say_so() {
+        let mut r = exec_record();
+        r.flags = exec_flags::HAS_LISTEN_FDS;
+        r.listen_fds[0] = b'1';
+        let json = serde_json::to_value(exec_of(&r)).unwrap();
+        assert!(
+            json.get("listen_trusted").is_none(),
+            "trusted is the rule: {json}"
+        );
+        r.flags |= exec_flags::LISTEN_UNTRUSTED;
+        let x = exec_of(&r);
+        assert!(!x.listen_trusted);
+        let json = serde_json::to_value(&x).unwrap();
+        assert_eq!(json["listen_trusted"], false);
+        assert_eq!(json["listen_fds"], 1, "the values it saw, still parsed");
     }
 
     #[test]

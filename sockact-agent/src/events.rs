@@ -163,6 +163,18 @@ pub struct Exec {
     /// LISTEN_FDNAMES was longer than the kernel record keeps: the names are not all there.
     #[serde(skip_serializing_if = "std::ops::Not::not", default)]
     pub listen_fdnames_truncated: bool,
+    /// Whether a service manager or root set the LISTEN_* values (written only when not: any
+    /// process can set them, and such values prove nothing).
+    #[serde(skip_serializing_if = "is_true", default = "yes")]
+    pub listen_trusted: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -550,6 +562,7 @@ mod tests {
             listen_fdnames: Some(vec!["web".into()]),
             argv_truncated: false,
             listen_fdnames_truncated: false,
+            listen_trusted: true,
         }));
         let line = serde_json::to_string(&e).unwrap();
         let back: Event = serde_json::from_str(&line).unwrap();

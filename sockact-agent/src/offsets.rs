@@ -251,6 +251,7 @@ impl KernelBtf {
             css_set_dfl_cgrp: self.offset("css_set", &["dfl_cgrp"])?,
             cgroup_kn: self.offset("cgroup", &["kn"])?,
             kernfs_node_name: self.offset("kernfs_node", &["name"])?,
+            task_comm: self.offset("task_struct", &["comm"])?,
         })
     }
 }

@@ -351,6 +351,7 @@ mod tests {
                 listen_fdnames: None,
                 argv_truncated: false,
                 listen_fdnames_truncated: false,
+                listen_trusted: true,
             }),
             process: Some(Process {
                 pid: 7,

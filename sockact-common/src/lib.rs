@@ -78,6 +78,10 @@ pub mod watch {
     /// The start-up snapshot put it there: a process of a socket-activated unit, or one
     /// holding a systemd listener, that already ran.
     pub const SNAPSHOT: u32 = 8;
+    /// Its LISTEN_* came from a service manager (it was forked by one, or descends from a
+    /// process that was) or from root: it is a socket-activated service's process. Inherited
+    /// at fork like the other bits.
+    pub const TRUSTED: u32 = 16;
 }
 
 /// Why a listener is in the `LISTENERS` map (bits): its accept queue is watched.
@@ -192,6 +196,9 @@ pub mod exec_flags {
     pub const LISTEN_PID_CUT: u32 = 128;
     pub const LISTEN_FDS_CUT: u32 = 256;
     pub const LISTEN_FDNAMES_CUT: u32 = 512;
+    /// LISTEN_* set by neither a service manager nor root: any process can set them, so the
+    /// process is not watched for them and its values prove nothing.
+    pub const LISTEN_UNTRUSTED: u32 = 1024;
 }
 
 /// A successful execve/execveat. Strings are NUL-terminated as the kernel's string copy leaves
@@ -430,6 +437,8 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_name: u32,
+    /// task_struct.comm: a parent's name, to tell a service manager ("systemd").
+    pub task_comm: u32,
 }
 
 const _: () = {
@@ -446,7 +455,7 @@ const _: () = {
     assert!(core::mem::size_of::<QueueRecord>() == 88);
     assert!(core::mem::size_of::<FilterConfig>() == 16);
     assert!(core::mem::size_of::<ListenAddr>() == 24);
-    assert!(core::mem::size_of::<KernelOffsets>() == 55 * 4);
+    assert!(core::mem::size_of::<KernelOffsets>() == 56 * 4);
 };
 
 #[cfg(feature = "user")]

@@ -189,6 +189,22 @@ pub fn read_cgroup_name<const N: usize>(dst: &mut [u8; N]) {
     }
 }
 
+/// Whether the current task's real parent is a service manager: PID 1 of a namespace or a
+/// `systemd --user`, both named "systemd" (the children systemd forks rename themselves before
+/// they exec, their parent keeps its name).
+#[inline(always)]
+pub fn parent_is_manager() -> bool {
+    let Some(()) = offsets() else { return false };
+    // SAFETY: fault-tolerant kernel reads at BTF-resolved offsets.
+    unsafe {
+        let Some(parent) = read_ptr(current_task(), off!(task_real_parent)) else {
+            return false;
+        };
+        let head: u64 = read(parent, off!(task_comm)).unwrap_or(0);
+        head == u64::from_le_bytes(*b"systemd\0")
+    }
+}
+
 /// The current task's exit_code (as wait() reports it).
 #[inline(always)]
 pub fn current_exit_code() -> u32 {

@@ -152,6 +152,7 @@ pub static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     css_set_dfl_cgrp: 0,
     cgroup_kn: 0,
     kernfs_node_name: 0,
+    task_comm: 0,
 });
 
 /// Adds one to a per-CPU counter.

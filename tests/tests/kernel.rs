@@ -755,6 +755,56 @@ fn every_program_attaches_or_its_tracepoint_does_not_exist() {
     }
 }
 
+#[test]
+fn listen_variables_an_unprivileged_process_sets_itself_are_not_trusted() {
+    require_root();
+    let port = free_port();
+    let plain = Trace::start(&[]);
+    let mut all = Trace::start(&["--all"]);
+    // Anyone can set LISTEN_*: here nobody, not root, and no service manager forked it.
+    let script = format!(
+        "LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=db:db exec python3 -c \
+         'import socket; s = socket.socket(); s.bind((\"127.0.0.1\", {port})); s.listen()'"
+    );
+    let child = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let pid = child.id();
+    wait_ok(child, "the self-declared service");
+    all.wait_for(WAIT, |v| v["kind"] == "listen" && v["pid"] == pid);
+    let (plain, all) = (plain.stop(), all.stop());
+    // Not watched for it: nothing of it without --all.
+    assert!(
+        plain.iter().all(|v| v["pid"] != pid),
+        "{:?}",
+        plain.iter().filter(|v| v["pid"] == pid).collect::<Vec<_>>()
+    );
+    // With --all its exec is there, with what it claimed, and says that nobody vouched for it.
+    let exec = of(&all, "exec", pid)
+        .into_iter()
+        .find(|v| v["listen_fds"] == 1)
+        .unwrap_or_else(|| panic!("no exec of {pid}"));
+    assert_eq!(exec["listen_trusted"], false, "{exec}");
+    assert_eq!(exec["listen_fdnames"], serde_json::json!(["db", "db"]));
+    assert!(
+        all.iter()
+            .all(|v| v["kind"] != "finding" || v["pid"] != pid),
+        "no finding of it"
+    );
+    assert!(
+        all.iter().all(|v| v["rule"] != "fdnames_duplicate"),
+        "its forged names prove nothing"
+    );
+}
+
 /// bind and listen refused, as a kernel might refuse them.
 const REFUSE_BIND_AND_LISTEN: &str = "syscalls_sys_enter_bind,syscalls_sys_exit_bind,\
                                       syscalls_sys_enter_listen,syscalls_sys_exit_listen";

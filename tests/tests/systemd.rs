@@ -880,13 +880,18 @@ struct RestartRun {
 /// `systemctl restart` of a service with Backlog=4 and a two-second start, under 12 clients;
 /// with `unrelated`, a listener that overflows at the same time.
 fn restart_under_load(c: &Container, unrelated: bool) -> RestartRun {
+    restart_under_load_of(c, unrelated, 12)
+}
+
+/// The same with this many clients.
+fn restart_under_load_of(c: &Container, unrelated: bool, clients: usize) -> RestartRun {
     let port = c.port(1);
     // Running before the trace starts, as an operator finds it.
     assert_eq!(ask(port), "lazy");
     let (ss0, n0) = (ss_drops(port), listen_overflows());
     let mut t = traces(c, "lazy");
     let stop = Arc::new(AtomicBool::new(false));
-    let clients = client_load(port, 12, &stop);
+    let clients = client_load(port, clients, &stop);
     thread::sleep(Duration::from_millis(500));
     let other_port = free_port();
     // A listener with backlog 1 that never accepts, flooded by 40 connects: it overflows on
@@ -1025,6 +1030,43 @@ fn a_restart_under_load_is_a_gap_and_a_full_backlog_drops_exactly_what_the_kerne
     assert!(
         row["accept_wait_ms"]["max"].as_f64().unwrap() >= 1000.0,
         "{row}"
+    );
+}
+
+#[test]
+fn a_restart_under_load_behind_a_backlog_of_16_drops_what_the_kernel_counted() {
+    let c = Container::boot("restart-backlog16", 1);
+    // More clients than the queue holds.
+    let run = restart_under_load_of(&c, false, 32);
+    let listener = format!("127.0.0.1:{}", c.port(1));
+    let gap = &run.gap;
+    assert_eq!(gap["backlog"], 16, "{gap}");
+    assert_eq!(
+        gap["peak_depth"], 17,
+        "the kernel calls it full past its maximum: {gap}"
+    );
+    let exact = run.ss_drops;
+    assert!(exact > 0, "the restart overflowed the backlog");
+    for lines in [&run.one, &run.all] {
+        assert_eq!(
+            overflow_drops(lines, &listener),
+            exact,
+            "the listener's own counter (ss -tlnm d<N>)"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|v| v["rule"] == "backlog_overflow" && v["backlog"] == 16),
+            "a backlog_overflow of the 16"
+        );
+    }
+    assert_overflows_match(run.overflows, exact);
+    assert_eq!(
+        problems(&run.one),
+        expect(&[
+            ("backlog_overflow", "lazy.service"),
+            ("restart_gap", "lazy.service"),
+        ])
     );
 }
 

@@ -102,9 +102,11 @@ pub fn own_pid(p: &Process) -> u32 {
     p.ns_pid.unwrap_or(p.pid)
 }
 
-/// LISTEN_FDS of an exec, when it is a positive number.
+/// LISTEN_FDS of an exec, when it is a positive number that a service manager or root set
+/// (anyone can set LISTEN_*: untrusted values make no socket-activated service).
 pub fn listen_fds(e: &Event) -> Option<u64> {
     match &e.data {
+        Data::Exec(x) if !x.listen_trusted => None,
         Data::Exec(x) => match x.listen_fds {
             Some(NumberOrString::Number(n)) if n > 0 => Some(n),
             _ => None,

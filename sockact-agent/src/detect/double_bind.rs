@@ -38,8 +38,11 @@ impl Rule for DoubleBind {
             None => return,
         };
         // ... and the binder is a socket-activated service's process.
-        let activated = ctx.exec_of(p.pid).and_then(listen_fds).is_some()
-            || p.unit.as_deref().is_some_and(|u| u.ends_with(".service"));
+        // (A process that set LISTEN_* itself is no service's, whatever its cgroup.)
+        let exec = ctx.exec_of(p.pid);
+        let untrusted = exec.is_some_and(|x| matches!(&x.data, Data::Exec(x) if !x.listen_trusted));
+        let activated = exec.and_then(listen_fds).is_some()
+            || (!untrusted && p.unit.as_deref().is_some_and(|u| u.ends_with(".service")));
         if !activated {
             return;
         }

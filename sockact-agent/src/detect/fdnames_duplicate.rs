@@ -21,7 +21,7 @@ impl Rule for FdnamesDuplicate {
         let Some(names) = x
             .listen_fdnames
             .as_ref()
-            .filter(|_| !x.listen_fdnames_truncated)
+            .filter(|_| !x.listen_fdnames_truncated && x.listen_trusted)
         else {
             return;
         };

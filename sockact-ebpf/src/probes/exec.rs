@@ -6,7 +6,7 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_loop, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_loop, bpf_probe_read_user,
         generated::bpf_probe_read_kernel as raw_read_kernel,
     },
     macros::tracepoint,
@@ -17,7 +17,7 @@ use sockact_common::{ARGV_MAX, ENVP_MAX, ExecRecord, RecordKind, counter, exec_f
 
 use crate::{
     filter::{tgid_of, watched},
-    kernel::{fill_header, read_cgroup_name, read_user_str},
+    kernel::{fill_header, parent_is_manager, read_cgroup_name, read_user_str},
     maps::{EXEC_SCRATCH, PENDING_EXEC, WATCHED, count},
     probes::{arg, reserve, ret, wake_flags},
 };
@@ -260,14 +260,24 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let tgid = tgid_of(pid_tgid);
     let pending = PENDING_EXEC.get_ptr(&pid_tgid)?;
     let ok = ret(ctx)? == 0;
+    // Kept (written at all) when it was watched before, or when this exec makes it watched.
+    let mut keep = watched(tgid).unwrap_or(false);
+    let mut untrusted = false;
     if ok {
         // SAFETY: `pending` points at a live map value.
         let flags = unsafe { (*pending).flags };
         if flags & exec_flags::HAS_LISTEN_FDS != 0 {
             // SAFETY: points at a live map value.
             let bits = WATCHED.get_ptr(&tgid).map(|b| unsafe { *b }).unwrap_or(0);
-            if WATCHED
-                .insert(&tgid, &(bits | watch::LISTEN_FDS), 0)
+            // Anyone can set LISTEN_*: only a service manager's, root's or what a trusted
+            // process passed on makes a socket-activated service.
+            let trusted = bits & (watch::TRUSTED | watch::SNAPSHOT) != 0
+                || bpf_get_current_uid_gid() as u32 == 0
+                || parent_is_manager();
+            if !trusted {
+                untrusted = true;
+            } else if WATCHED
+                .insert(&tgid, &(bits | watch::LISTEN_FDS | watch::TRUSTED), 0)
                 .is_err()
             {
                 count(counter::WATCH_FULL);
@@ -275,10 +285,15 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
                     ctx,
                     "watch map full: pid {} exec'd with LISTEN_FDS is not watched", tgid
                 );
-            } else if bits == 0 {
-                debug!(ctx, "watching pid {}: exec'd with LISTEN_FDS", tgid);
+            } else {
+                keep = true;
+                if bits == 0 {
+                    debug!(ctx, "watching pid {}: exec'd with LISTEN_FDS", tgid);
+                }
             }
         }
+    }
+    if ok && keep {
         if let Some(mut entry) = reserve::<ExecRecord>() {
             let out = entry.as_mut_ptr();
             // SAFETY: copies one whole record from the map value into the reserved slot.
@@ -292,6 +307,9 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
             if copied == 0 {
                 // SAFETY: the slot now holds an initialised record.
                 let rec = unsafe { &mut *out };
+                if untrusted {
+                    rec.flags |= exec_flags::LISTEN_UNTRUSTED;
+                }
                 fill_header(
                     &mut rec.header,
                     RecordKind::Exec,

@@ -21,6 +21,7 @@ const SYSTEMD: &[&str] = &[
     "a_service_binding_its_own_port_is_a_double_bind",
     "a_second_listener_with_reuseport_and_a_rebound_unix_path_are_double_binds",
     "a_restart_under_load_is_a_gap_and_a_full_backlog_drops_exactly_what_the_kernel_counted",
+    "a_restart_under_load_behind_a_backlog_of_16_drops_what_the_kernel_counted",
     "a_slow_start_is_a_cold_start_timed_from_the_first_queued_connection",
     "a_proxy_that_accepts_before_its_backend_listens_and_a_guarded_one",
     "restart_always_services_that_die_at_start_or_exit_when_idle_are_crash_loops",
