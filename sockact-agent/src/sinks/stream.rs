@@ -107,9 +107,8 @@ mod tests {
     use crate::{config::AgentConfig, output::Emit};
     use tokio::io::AsyncBufReadExt;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn at_exit_what_a_stuck_sink_holds_is_counted_lost() {
-        use std::sync::atomic::Ordering;
+    /// A log receiver that accepts and never reads.
+    async fn never_reading_peer() -> std::net::SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -118,24 +117,39 @@ mod tests {
                 held.push(conn);
             }
         });
+        addr
+    }
+
+    fn restart_gap() -> Vec<crate::events::Event> {
+        include_str!("../../../tests/fixtures/restart_gap.ndjson")
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// `rounds` of the recording: far more than socket buffers and a sink's queue hold.
+    async fn burst(sinks: &mut Sinks, events: &[crate::events::Event], rounds: u64) {
+        for _ in 0..rounds {
+            for e in events {
+                sinks.emit(e.clone()).unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_exit_what_a_stuck_sink_holds_is_counted_lost() {
+        use std::sync::atomic::Ordering;
+        let addr = never_reading_peer().await;
         let config = AgentConfig::parse(
             &format!("[[sink]]\nkind = \"tcp\"\naddress = \"{addr}\"\nbuffer_events = 5000\n"),
             "t.toml",
         )
         .unwrap();
-        let events: Vec<crate::events::Event> =
-            include_str!("../../../tests/fixtures/restart_gap.ndjson")
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+        let events = restart_gap();
         let (mut sinks, _control, tasks) = Sinks::start(&config.sinks);
         let stats = sinks.stats().lock().unwrap()[0].1.clone();
-        for _ in 0..400 {
-            for e in &events {
-                sinks.emit(e.clone()).unwrap();
-            }
-            tokio::task::yield_now().await;
-        }
+        burst(&mut sinks, &events, 400).await;
         // Until the write is stuck with a full queue behind it.
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let written = sinks.lines_written();
@@ -158,15 +172,7 @@ mod tests {
     async fn a_peer_that_never_reads_is_a_sink_down_within_its_deadline_told_of_once() {
         use std::sync::atomic::Ordering;
         const ROUNDS: u64 = 400;
-        // A log receiver that accepts and never reads.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((conn, _)) = listener.accept().await {
-                held.push(conn);
-            }
-        });
+        let addr = never_reading_peer().await;
         let dir = std::env::temp_dir().join(format!("sockact-stall-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -180,20 +186,11 @@ mod tests {
             "t.toml",
         )
         .unwrap();
-        let events: Vec<crate::events::Event> =
-            include_str!("../../../tests/fixtures/restart_gap.ndjson")
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
+        let events = restart_gap();
         let (mut sinks, _control, tasks) = Sinks::start(&config.sinks);
         let stats = sinks.stats().lock().unwrap()[0].1.clone();
         // Far more than the socket buffers and the sink's queue hold.
-        for _ in 0..ROUNDS {
-            for e in &events {
-                sinks.emit(e.clone()).unwrap();
-            }
-            tokio::task::yield_now().await;
-        }
+        burst(&mut sinks, &events, ROUNDS).await;
         let burst = std::time::Instant::now();
         // Then quiet, as the session runs: whatever the sinks say is due is written.
         let mut lost = 0;

@@ -45,6 +45,13 @@ fn try_ready(ctx: &TracePointContext) -> Option<()> {
     }
     let inode = sock_inode(sk)?;
     LISTENERS.get_ptr(&inode)?;
+    write_queued(inode, |rec| fill_queue(rec, sk, sock_family(sk)))
+}
+
+/// Writes a queue record of listener `inode` that `fill` completes, returning the connection
+/// it saw queued (null when it could not tell), and notes when that one was queued.
+#[inline(always)]
+fn write_queued(inode: u64, fill: impl FnOnce(&mut QueueRecord) -> *const u8) -> Option<()> {
     let now = now_ns();
     let mut entry = reserve::<QueueRecord>()?;
     // SAFETY: the reserved slot is ours until submitted; every field is written below.
@@ -56,7 +63,7 @@ fn try_ready(ctx: &TracePointContext) -> Option<()> {
         now,
     );
     rec.inode = inode;
-    let child = fill_queue(rec, sk, sock_family(sk));
+    let child = fill(rec);
     entry.submit(wake_flags());
     if !child.is_null() {
         queued(child, inode, now);
@@ -74,21 +81,10 @@ pub fn arrived_as_clone(child: *const u8) -> Option<()> {
     // SAFETY: points at a live map value.
     let inode = unsafe { *LISTEN_ADDRS.get_ptr(&key)? };
     LISTENERS.get_ptr(&inode)?;
-    let now = now_ns();
-    let mut entry = reserve::<QueueRecord>()?;
-    // SAFETY: the reserved slot is ours until submitted; every field is written below.
-    let rec = unsafe { &mut *entry.as_mut_ptr() };
-    fill_bare_header(
-        &mut rec.header,
-        RecordKind::Queue,
-        core::mem::size_of::<QueueRecord>(),
-        now,
-    );
-    rec.inode = inode;
-    fill_queue_from_clone(rec, child, key.family);
-    entry.submit(wake_flags());
-    queued(child, inode, now);
-    Some(())
+    write_queued(inode, |rec| {
+        fill_queue_from_clone(rec, child, key.family);
+        child
+    })
 }
 
 /// When the connection `child` was queued on listener `inode`, for the accept that takes it.
