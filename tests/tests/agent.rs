@@ -131,6 +131,18 @@ fn read_until(
     }
 }
 
+/// Everything a child wrote on stderr (once it has ended).
+fn stderr_of(child: &mut Child) -> String {
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("reading stderr");
+    stderr
+}
+
 fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
     let started = Instant::now();
     loop {
@@ -191,13 +203,7 @@ fn a_closed_stdout_ends_the_agent_within_a_second_with_no_events_flowing() {
     let (status, took) = wait_exit(&mut child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_secs(1), "took {took:?}");
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(!stderr.contains("panic"), "{stderr}");
 
     // The pipeline an operator types.
@@ -268,13 +274,7 @@ fn on_a_kernel_that_refuses_bind_the_agent_runs_on_and_says_so_in_its_stream_and
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let (status, _) = wait_exit(&mut child, Duration::from_secs(20));
     assert_eq!(status.code(), Some(0));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = stderr_of(&mut child);
     assert!(stderr.contains("running without them"), "{stderr}");
 }
 

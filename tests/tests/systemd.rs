@@ -937,6 +937,21 @@ fn restart_under_load_of(c: &Container, unrelated: bool, clients: usize) -> Rest
     }
 }
 
+/// The drops the restart cost, as the listener's own counter says (`ss -tlnm` d<N>), checked
+/// to be what both traces' backlog_overflow findings add up to.
+fn exact_drops(run: &RestartRun, listener: &str) -> u64 {
+    let exact = run.ss_drops;
+    assert!(exact > 0, "the restart overflowed the backlog");
+    for lines in [&run.one, &run.all] {
+        assert_eq!(
+            overflow_drops(lines, listener),
+            exact,
+            "the listener's own counter (ss -tlnm d<N>)"
+        );
+    }
+    exact
+}
+
 /// The kernel's TcpExtListenOverflows against the listener's own counter, where the counter is
 /// the test's alone: in the kernel matrix's VMs (on a shared host any other overflow adds to
 /// it; there the listener's own counter, compared above, is the measure). The listener counts
@@ -996,15 +1011,7 @@ fn a_restart_under_load_is_a_gap_and_a_full_backlog_drops_exactly_what_the_kerne
         queue.iter().any(|v| v["peak"] == 5 && v["max"] == 4),
         "{queue:?}"
     );
-    let exact = run.ss_drops;
-    assert!(exact > 0, "the restart overflowed the backlog");
-    for lines in [&run.one, &run.all] {
-        assert_eq!(
-            overflow_drops(lines, &listener),
-            exact,
-            "the listener's own counter (ss -tlnm d<N>)"
-        );
-    }
+    let exact = exact_drops(&run, &listener);
     assert_overflows_match(run.overflows, exact);
     let want = expect(&[
         ("backlog_overflow", "lazy.service"),
@@ -1045,14 +1052,8 @@ fn a_restart_under_load_behind_a_backlog_of_16_drops_what_the_kernel_counted() {
         gap["peak_depth"], 17,
         "the kernel calls it full past its maximum: {gap}"
     );
-    let exact = run.ss_drops;
-    assert!(exact > 0, "the restart overflowed the backlog");
+    let exact = exact_drops(&run, &listener);
     for lines in [&run.one, &run.all] {
-        assert_eq!(
-            overflow_drops(lines, &listener),
-            exact,
-            "the listener's own counter (ss -tlnm d<N>)"
-        );
         assert!(
             lines
                 .iter()
