@@ -22,6 +22,8 @@ use crate::events::{Data, Event, Finding};
 
 /// How many exits are kept as evidence.
 const KEEP_EXITS: usize = 8;
+/// How many main exits of a service wait for systemd's count of its restarts.
+const UNMATCHED_EXITS: usize = 64;
 /// How long after reaching the threshold a loop is decided.
 const SETTLE_NS: i128 = 1_000_000_000;
 /// The rules whose findings name why a service dies.
@@ -39,8 +41,11 @@ struct Death {
 pub struct CrashLoop {
     /// Service -> its restarts within the window, oldest first.
     deaths: HashMap<String, VecDeque<Death>>,
+    /// Service -> its main exits no restart was counted for yet, oldest first, and whether a
+    /// cause was known for each then.
+    exits: HashMap<String, VecDeque<(Event, bool)>>,
     /// Service -> its latest main exit, and whether a cause was known for it then.
-    exits: HashMap<String, (Event, bool)>,
+    latest_exit: HashMap<String, (Event, bool)>,
     /// Service -> systemd's count of its automatic restarts, as last seen.
     n_restarts: HashMap<String, u32>,
     /// Service -> its latest main exec.
@@ -66,16 +71,20 @@ impl Rule for CrashLoop {
                 let since = time_of(e) - window_ns(ctx);
                 let explained = ctx.explained(&service)
                     || CAUSES.iter().any(|r| ctx.reported_by(&service, since, r));
-                self.exits.insert(service, (e.clone(), explained));
+                let exits = self.exits.entry(service.clone()).or_default();
+                if exits.len() == UNMATCHED_EXITS {
+                    exits.pop_front();
+                }
+                exits.push_back((e.clone(), explained));
+                self.latest_exit.insert(service, (e.clone(), explained));
             }
             Data::Unit(u) if u.unit.ends_with(".service") && !is_instance(&u.unit) => {
                 let Some(n) = u.n_restarts else { return };
                 let before = self.n_restarts.insert(u.unit.clone(), n);
-                // systemd restarted it by itself: once per count it went up.
+                // systemd restarted it by itself: once per count it went up. It sends a unit's
+                // properties once per turn of its loop, so one change may count several.
                 let restarts = before.map_or(0, |b| n.saturating_sub(b));
-                for _ in 0..restarts {
-                    self.died(ctx, &u.unit, time_of(e));
-                }
+                self.died(ctx, &u.unit, restarts as usize, time_of(e));
             }
             Data::Exec(_) if is_main(e) => {
                 let Some(service) = unit_of(e).filter(|u| !is_instance(u)) else {
@@ -84,7 +93,7 @@ impl Rule for CrashLoop {
                 // No word from systemd on this service: a restart is a new main process
                 // within a second of the previous one's exit.
                 if ctx.unit(service).is_none() && ctx.restarted_by(service, e).is_some() {
-                    self.died(ctx, service, time_of(e));
+                    self.died(ctx, service, 1, time_of(e));
                 }
                 self.starts.insert(service.to_owned(), e.clone());
             }
@@ -125,20 +134,31 @@ fn window_ns(ctx: &Context) -> i128 {
 }
 
 impl CrashLoop {
-    /// One automatic restart of `service` at `at`, after its latest main exit.
-    fn died(&mut self, ctx: &Context, service: &str, at: i128) {
-        let (exit, explained) = match self.exits.get(service) {
-            Some((e, explained)) => (Some(e.clone()), *explained),
-            None => (None, false),
-        };
+    /// `count` automatic restarts of `service` counted at `at`: each after one of its latest
+    /// main exits no restart was counted for, oldest first (the latest exit once those run out,
+    /// when systemd's word came before the kernel's). Older exits had no restart.
+    fn died(&mut self, ctx: &Context, service: &str, count: usize, at: i128) {
+        if count == 0 {
+            return;
+        }
+        let mut unmatched = self.exits.remove(service).unwrap_or_default();
+        let first = unmatched.len().saturating_sub(count);
+        let mut matched = unmatched.drain(first..);
+        let latest = self.latest_exit.get(service);
         let window = window_ns(ctx);
         let deaths = self.deaths.entry(service.to_owned()).or_default();
-        deaths.push_back(Death {
-            at,
-            clean: exit.as_ref().is_some_and(clean),
-            exit,
-            explained,
-        });
+        for _ in 0..count {
+            let (exit, explained) = match matched.next().as_ref().or(latest) {
+                Some((e, explained)) => (Some(e.clone()), *explained),
+                None => (None, false),
+            };
+            deaths.push_back(Death {
+                at,
+                clean: exit.as_ref().is_some_and(clean),
+                exit,
+                explained,
+            });
+        }
         while deaths.front().is_some_and(|d| at - d.at > window) {
             deaths.pop_front();
         }
@@ -275,6 +295,39 @@ mod tests {
                 .iter()
                 .any(|e| e["kind"] == "exit" && e["exit_code"] == 0)
         );
+    }
+
+    #[test]
+    fn restarts_systemd_counted_in_one_signal_each_keep_their_own_exit() {
+        // The same recording as systemd sends it when its loop is busy: the service's property
+        // changes coalesced, NRestarts going up by three at a time.
+        let coalesced: String = LOOPS
+            .lines()
+            .filter(|line| {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                v["kind"] != "unit"
+                    || v["unit"] != "dying.service"
+                    || v["change"] == "resolved"
+                    || v["n_restarts"].as_u64().is_some_and(|n| n % 3 == 0)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
+        assert!(coalesced.len() < LOOPS.len());
+        let findings = of_rule(&replay(&coalesced), "crash_loop");
+        let dying = findings
+            .iter()
+            .find(|f| f.unit.as_deref() == Some("dying.service"))
+            .unwrap_or_else(|| panic!("no crash_loop for dying.service: {findings:?}"));
+        assert!(
+            dying.figures["restarts"].as_u64().unwrap() >= 5,
+            "{dying:?}"
+        );
+        let exits = dying
+            .evidence
+            .iter()
+            .filter(|e| e["kind"] == "exit" && e["exit_code"] == 1)
+            .count();
+        assert!(exits >= 5, "one exit per restart: {dying:?}");
     }
 
     #[test]

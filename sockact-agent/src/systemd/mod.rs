@@ -220,21 +220,18 @@ mod tests {
 /// What a unit change means. Reaching `active` is a start, or a restart when an earlier
 /// invocation had started (`started_invocation`, the invocation that last reached active,
 /// differs from the current one); reaching `inactive` or `failed` is a stop; anything else that
-/// moved is a state change.
+/// moved is a state change. systemd sends a unit's properties once per turn of its event loop,
+/// so a quick restart can arrive as `active` to `active` with a new invocation: a restart too.
 pub fn classify(
     prev_active: &str,
     active: Option<&str>,
     started_invocation: &str,
     invocation: &str,
 ) -> &'static str {
+    let new_invocation = !started_invocation.is_empty() && started_invocation != invocation;
     match active {
-        Some("active") if prev_active != "active" => {
-            if !started_invocation.is_empty() && started_invocation != invocation {
-                "restarted"
-            } else {
-                "started"
-            }
-        }
+        Some("active") if new_invocation => "restarted",
+        Some("active") if prev_active != "active" => "started",
         Some(s @ ("inactive" | "failed")) if prev_active != s => "stopped",
         _ => "state",
     }
@@ -261,6 +258,8 @@ mod classify_tests {
             "state"
         );
         assert_eq!(classify("active", Some("active"), "ab", "ab"), "state");
+        // The stop and the start within one turn of systemd's loop: one signal.
+        assert_eq!(classify("active", Some("active"), "ab", "cd"), "restarted");
         assert_eq!(classify("failed", Some("failed"), "ab", "ab"), "state");
     }
 }
