@@ -394,7 +394,8 @@ pub struct Finding {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Lost {
     pub count: u64,
-    /// `ring_buffer_full`, or `sink:<name>`.
+    /// `ring_buffer_full`, `kernel_map_full`, `undecodable`, `sink:<name>`, or
+    /// `rate_limit:<unit>` / `rate_limit:uid <N>`.
     pub cause: String,
     /// Start of the interval the count covers (RFC 3339).
     pub since: String,

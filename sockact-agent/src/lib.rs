@@ -15,6 +15,7 @@ pub mod errno;
 pub mod events;
 pub mod features;
 pub mod kernel_log;
+pub mod limit;
 pub mod lint;
 pub mod logging;
 pub mod metrics;

@@ -166,6 +166,8 @@ struct Session {
     received: u64,
     undecodable: u64,
     reported: Reported,
+    /// What a flooding unit or user may have kept.
+    limiter: crate::limit::Limiter,
     lost_since: String,
 }
 
@@ -224,7 +226,9 @@ impl Session {
                             proc_cgroup(p).or_else(|| at_exec.clone().filter(|_| p == pid))
                         };
                         self.attribution.enrich(&mut event, &lookup);
-                        if self.selector.wants(&event, record.header().watch) {
+                        if self.selector.wants(&event, record.header().watch)
+                            && self.limiter.admit(&event)
+                        {
                             let opened = opened_listener(&event, record.listen_backlog());
                             self.publish(event)?;
                             if let Some(listener) = opened {
@@ -494,7 +498,17 @@ impl Session {
             let e = self.meta(data);
             self.emit(e)?;
         }
+        for lost in self.limiter.due() {
+            self.held_back(lost)?;
+        }
         Ok(())
+    }
+
+    /// What the rate limit held back, told as lost.
+    fn held_back(&mut self, lost: Lost) -> Result<(), Halt> {
+        tracing::warn!("{} events held back ({})", lost.count, lost.cause);
+        let e = self.meta(Data::Lost(lost));
+        self.emit(e)
     }
 
     /// Stops the kernel watching listeners nothing here follows. Only those found unfollowed
@@ -873,6 +887,7 @@ pub async fn run_with(
         received: 0,
         undecodable: 0,
         reported: Reported::default(),
+        limiter: crate::limit::Limiter::default(),
         lost_since: Clock::now_rfc3339(),
     };
     let start = session.agent("start");
@@ -1121,6 +1136,9 @@ async fn finish(session: &mut Session, loaded: &mut Loaded) -> Result<(), Halt> 
     let counters = loaded.counters();
     session.report_lost(&counters)?;
     session.writer_reports()?;
+    for lost in session.limiter.flush() {
+        session.held_back(lost)?;
+    }
     let pending = session.engine.flush();
     session.findings(pending)?;
     let mut stop = session.agent("stop");
