@@ -114,6 +114,15 @@ impl Rule for CrashLoop {
             }
         }
         self.deaths.retain(|_, d| !d.is_empty());
+        // Exits older than the window explain no restart: forgotten, so that services that
+        // came and went (transient units, instances) leave nothing behind.
+        let now = ctx.now;
+        for exits in self.exits.values_mut() {
+            exits.retain(|(e, _)| now - time_of(e) <= window);
+        }
+        self.exits.retain(|_, x| !x.is_empty());
+        self.latest_exit
+            .retain(|_, (e, _)| now - time_of(e) <= window);
         // Up for a whole window: the episode is over.
         let deaths = &self.deaths;
         self.reported.retain(|s| deaths.contains_key(s));
@@ -135,17 +144,20 @@ fn window_ns(ctx: &Context) -> i128 {
 
 impl CrashLoop {
     /// `count` automatic restarts of `service` counted at `at`: each after one of its latest
-    /// main exits no restart was counted for, oldest first (the latest exit once those run out,
-    /// when systemd's word came before the kernel's). Older exits had no restart.
+    /// main exits within the window that no restart was counted for, oldest first (the latest
+    /// exit within the window once those run out, when systemd's word came before the
+    /// kernel's). Older exits had no restart: an exit of an hour ago explains nothing now.
     fn died(&mut self, ctx: &Context, service: &str, count: usize, at: i128) {
         if count == 0 {
             return;
         }
+        let window = window_ns(ctx);
+        let recent = |(e, _): &(Event, bool)| at - time_of(e) <= window;
         let mut unmatched = self.exits.remove(service).unwrap_or_default();
+        unmatched.retain(recent);
         let first = unmatched.len().saturating_sub(count);
         let mut matched = unmatched.drain(first..);
-        let latest = self.latest_exit.get(service);
-        let window = window_ns(ctx);
+        let latest = self.latest_exit.get(service).filter(|x| recent(x));
         let deaths = self.deaths.entry(service.to_owned()).or_default();
         for _ in 0..count {
             let (exit, explained) = match matched.next().as_ref().or(latest) {
