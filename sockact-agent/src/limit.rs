@@ -16,6 +16,8 @@ use crate::{
 pub const RATE: f64 = 100_000.0;
 /// As many at once.
 pub const BURST: f64 = 200_000.0;
+/// A flood that goes on is told at least this often (ns), not only once it is over.
+pub const TELL_EVERY_NS: i128 = 60_000_000_000;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -25,66 +27,98 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn take(&mut self, now: i128) -> bool {
+    /// Refills for the time since the last look; whether a token is there.
+    fn has_room(&mut self, now: i128, rate: f64, burst: f64) -> bool {
         let secs = (now - self.at).max(0) as f64 / 1e9;
-        self.tokens = (self.tokens + secs * RATE).min(BURST);
+        self.tokens = (self.tokens + secs * rate).min(burst);
         self.at = now.max(self.at);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.tokens >= 1.0
     }
 }
 
-/// What was held back for one key: how many, since when (RFC 3339), and the count when last
-/// looked at (it is told once nothing more is held back).
+/// What was held back for one key: how many, since when (RFC 3339 and ns), and the count when
+/// last looked at (it is told once nothing more is held back, or after [`TELL_EVERY_NS`]).
 #[derive(Debug, Default)]
 struct Held {
     count: u64,
     since: String,
+    since_ns: i128,
     seen: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Limiter {
+    rate: f64,
+    burst: f64,
+    tell_every_ns: i128,
     units: HashMap<String, Bucket>,
     uids: HashMap<u32, Bucket>,
     held: BTreeMap<String, Held>,
+    /// The newest event time seen.
+    latest: i128,
 }
 
-/// Takes a token from `key`'s bucket (made full at its first event).
-fn take<K, Q>(buckets: &mut HashMap<K, Bucket>, key: &Q, now: i128) -> bool
+impl Default for Limiter {
+    fn default() -> Self {
+        Self::new(RATE, BURST, TELL_EVERY_NS)
+    }
+}
+
+/// `key`'s bucket, made full at its first event.
+fn bucket<'a, K, Q>(
+    buckets: &'a mut HashMap<K, Bucket>,
+    key: &Q,
+    now: i128,
+    burst: f64,
+) -> &'a mut Bucket
 where
     K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
     Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
 {
-    if let Some(b) = buckets.get_mut(key) {
-        return b.take(now);
+    if !buckets.contains_key(key) {
+        buckets.insert(
+            key.to_owned(),
+            Bucket {
+                tokens: burst,
+                at: now,
+            },
+        );
     }
-    let mut b = Bucket {
-        tokens: BURST,
-        at: now,
-    };
-    let kept = b.take(now);
-    buckets.insert(key.to_owned(), b);
-    kept
+    buckets.get_mut(key).expect("just inserted")
 }
 
 impl Limiter {
-    /// Whether to keep `e`: its unit's and its uid's buckets both have room. No allocation
-    /// but for a unit's first event.
+    pub fn new(rate: f64, burst: f64, tell_every_ns: i128) -> Self {
+        Self {
+            rate,
+            burst,
+            tell_every_ns,
+            units: HashMap::new(),
+            uids: HashMap::new(),
+            held: BTreeMap::new(),
+            latest: 0,
+        }
+    }
+
+    /// Whether to keep `e`: its unit's and its uid's buckets both have room (a token is taken
+    /// from each only then). No allocation but for a unit's first event.
     pub fn admit(&mut self, e: &Event) -> bool {
         let Some(p) = &e.process else { return true };
         let now = time_of(e);
-        let unit_ok = p
+        self.latest = self.latest.max(now);
+        let (rate, burst) = (self.rate, self.burst);
+        let uid = p.uid.filter(|&u| u != 0);
+        let mut unit = p
             .unit
             .as_deref()
-            .is_none_or(|u| take(&mut self.units, u, now));
-        let uid = p.uid.filter(|&u| u != 0);
-        let uid_ok = uid.is_none_or(|u| take(&mut self.uids, &u, now));
+            .map(|u| bucket(&mut self.units, u, now, burst));
+        let mut user = uid.map(|u| bucket(&mut self.uids, &u, now, burst));
+        let unit_ok = unit.as_mut().is_none_or(|b| b.has_room(now, rate, burst));
+        let uid_ok = user.as_mut().is_none_or(|b| b.has_room(now, rate, burst));
         if unit_ok && uid_ok {
+            for b in unit.into_iter().chain(user) {
+                b.tokens -= 1.0;
+            }
             return true;
         }
         // Counted once, against what had no room: the unit first.
@@ -95,17 +129,26 @@ impl Limiter {
         };
         let held = self.held.entry(key).or_default();
         if held.count == 0 {
-            held.since = e.ts.clone();
+            held.since.clone_from(&e.ts);
+            held.since_ns = now;
         }
         held.count += 1;
         false
     }
 
-    /// The floods that are over (nothing more held back since the last look): one `lost` each.
+    /// The floods that are over (nothing more held back since the last look), or have gone on
+    /// for [`TELL_EVERY_NS`]: one `lost` each. Buckets idle long enough to be full again are
+    /// forgotten (Accept=yes instances each have a unit of their own).
     pub fn due(&mut self) -> Vec<Lost> {
+        let latest = self.latest;
+        let full_after = (self.burst / self.rate * 1e9) as i128;
+        self.units.retain(|_, b| latest - b.at < full_after);
+        self.uids.retain(|_, b| latest - b.at < full_after);
+        let tell_every = self.tell_every_ns;
         let mut out = Vec::new();
         self.held.retain(|key, h| {
-            if h.count > 0 && h.count == h.seen {
+            let over = h.count == h.seen;
+            if h.count > 0 && (over || latest - h.since_ns >= tell_every) {
                 out.push(Lost {
                     count: h.count,
                     cause: format!("rate_limit:{key}"),
@@ -177,6 +220,51 @@ mod tests {
         assert_eq!(told[0].cause, "rate_limit:uid 1000");
         assert_eq!(told[0].count as f64, 1_000_000.0 - kept);
         assert!(l.due().is_empty(), "once");
+    }
+
+    #[test]
+    fn a_flood_that_goes_on_is_told_every_interval_and_idle_buckets_are_forgotten() {
+        // 1,000 a second allowed, told every second; 5,000 a second for three seconds.
+        let mut l = Limiter::new(1_000.0, 1_000.0, 1_000_000_000);
+        let events = flood(15_000, 5_000, 1000, Some("flood.service"));
+        let mut told = Vec::new();
+        let mut kept = 0;
+        for chunk in events.chunks(500) {
+            kept += chunk.iter().filter(|e| l.admit(e)).count();
+            told.extend(l.due());
+        }
+        assert_eq!(
+            told.len(),
+            2,
+            "told during the flood, once a second: {told:?}"
+        );
+        assert!(told.iter().all(|t| t.cause == "rate_limit:flood.service"));
+        told.extend(l.flush());
+        let held: u64 = told.iter().map(|t| t.count).sum();
+        assert_eq!(held as usize + kept, events.len(), "every one kept or told");
+        // The burst, then the rate for three seconds.
+        assert!((3_990..=4_001).contains(&kept), "kept {kept}");
+        // Quiet for longer than a bucket takes to fill: the flood's unit is forgotten.
+        let mut e = events[0].clone();
+        e.process.as_mut().unwrap().unit = Some("other.service".into());
+        e.ts = crate::clock::rfc3339(time_of(&events[14_999]) + 5_000_000_000);
+        assert!(l.admit(&e));
+        assert!(l.due().is_empty());
+        assert_eq!(l.units.len(), 1, "only the unit of the latest event");
+    }
+
+    #[test]
+    fn an_event_refused_for_its_unit_takes_nothing_from_its_user() {
+        let mut l = Limiter::new(1_000.0, 10.0, TELL_EVERY_NS);
+        // Root's processes of a.service empty its bucket (root has no bucket of its own).
+        let by_root = flood(10, 1_000_000, 0, Some("a.service"));
+        assert!(by_root.iter().all(|e| l.admit(e)));
+        // A user's events of a.service at the same moments: refused for the unit.
+        let by_user = flood(10, 1_000_000, 1000, Some("a.service"));
+        assert!(by_user.iter().all(|e| !l.admit(e)));
+        // The user's own room is whole: ten events of another unit are kept.
+        let elsewhere = flood(10, 1_000_000, 1000, Some("b.service"));
+        assert_eq!(elsewhere.iter().filter(|e| l.admit(e)).count(), 10);
     }
 
     #[test]

@@ -226,11 +226,13 @@ impl Session {
                             proc_cgroup(p).or_else(|| at_exec.clone().filter(|_| p == pid))
                         };
                         self.attribution.enrich(&mut event, &lookup);
-                        if self.selector.wants(&event, record.header().watch)
-                            && self.limiter.admit(&event)
-                        {
+                        if self.selector.wants(&event, record.header().watch) {
                             let opened = opened_listener(&event, record.listen_backlog());
-                            self.publish(event)?;
+                            if self.limiter.admit(&event) {
+                                self.publish(event)?;
+                            } else {
+                                self.observe(&event)?;
+                            }
                             if let Some(listener) = opened {
                                 let e = self.meta(listener);
                                 self.publish(e)?;
@@ -257,11 +259,22 @@ impl Session {
     fn publish(&mut self, mut e: Event) -> Result<(), Halt> {
         // The number it is written with, so that evidence names the line.
         e.seq = self.out.lines_written() + 1;
-        let ports = &self.ports;
-        self.queues.learn(&e, |p| ports.contains(&p));
-        let findings = self.engine.observe(&e);
+        let findings = self.see(&e);
         self.emit(e)?;
         self.findings(findings)
+    }
+
+    /// An event the rate limit held back: not written (its seq stays 0), but the queue tracker
+    /// and the detectors see it, so that a flood hides no listener and no restart from them.
+    fn observe(&mut self, e: &Event) -> Result<(), Halt> {
+        let findings = self.see(e);
+        self.findings(findings)
+    }
+
+    fn see(&mut self, e: &Event) -> Vec<Finding> {
+        let ports = &self.ports;
+        self.queues.learn(e, |p| ports.contains(&p));
+        self.engine.observe(e)
     }
 
     /// Queue and drop events (and closed listeners) with their own times; a closed listener is

@@ -213,7 +213,7 @@ impl Metrics {
         counter(
             &mut out,
             "sockact_lost_events_total",
-            "Events lost, by cause (ring_buffer_full, kernel_map_full, undecodable, sink:NAME).",
+            "Events lost, by cause (ring_buffer_full, kernel_map_full, undecodable, sink:NAME, rate_limit:UNIT, rate_limit:uid N).",
             self.lost
                 .iter()
                 .map(|(c, n)| (vec![("cause", c.clone())], *n as f64))
