@@ -15,7 +15,7 @@ use crate::{
         Accept, Bind, Connect, Data, Endpoint, Event, Exec, Exit, Listen, NumberOrString, Outcome,
         Process, SCHEMA_VERSION, Shutdown, SocketId,
     },
-    text::from_cstr,
+    text::{from_cstr, from_process_cstr},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -188,7 +188,7 @@ impl Record {
 fn process(h: &RecordHeader) -> Process {
     Process {
         pid: h.pid,
-        comm: from_cstr(&h.comm),
+        comm: from_process_cstr(&h.comm),
         ppid: (h.ppid != 0).then_some(h.ppid),
         ns_pid: (h.ns_pid != 0 && h.ns_pid != h.pid).then_some(h.ns_pid),
         uid: Some(h.uid),
@@ -213,8 +213,11 @@ fn exec(r: &ExecRecord) -> Exec {
         })
     };
     Exec {
-        filename: from_cstr(&r.filename),
-        argv: r.argv[..argc].iter().map(|a| from_cstr(a)).collect(),
+        filename: from_process_cstr(&r.filename),
+        argv: r.argv[..argc]
+            .iter()
+            .map(|a| from_process_cstr(a))
+            .collect(),
         listen_pid: value(
             exec_flags::HAS_LISTEN_PID,
             exec_flags::LISTEN_PID_CUT,

@@ -1,5 +1,6 @@
 //! Kernel bytes are untrusted: comm, argv and paths can hold anything. They become strings
-//! here, exactly (invalid UTF-8 bytes as `\xNN`), and are made safe for a terminal separately.
+//! here, exactly (invalid UTF-8 bytes as `\xNN`; in what a process names itself, the backslash
+//! too), and are made safe for a terminal separately.
 use std::{borrow::Cow, fmt::Write as _};
 
 /// A string from bytes, up to the first NUL when there is one.
@@ -13,6 +14,26 @@ pub fn escape_invalid(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
+}
+
+/// A process's own words (its name, path and arguments), up to the first NUL: valid UTF-8 as
+/// is, but each invalid byte and each backslash as `\xNN`, as systemd escapes, so that a byte
+/// shown as `\xff` is never the four characters a process wrote (those read `\x5cxff`).
+pub fn from_process_cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let mut out = String::with_capacity(end);
+    for chunk in bytes[..end].utf8_chunks() {
+        let valid = chunk.valid();
+        if valid.contains('\\') {
+            out.push_str(&valid.replace('\\', "\\x5c"));
+        } else {
+            out.push_str(valid);
+        }
         for b in chunk.invalid() {
             let _ = write!(out, "\\x{b:02x}");
         }
@@ -55,6 +76,14 @@ mod tests {
         assert_eq!(from_cstr(b"a\xffb"), "a\\xffb");
         assert_eq!(from_cstr(b""), "");
         assert_eq!(from_cstr("ünï\0".as_bytes()), "ünï");
+    }
+
+    #[test]
+    fn a_process_byte_and_a_process_backslash_are_told_apart() {
+        assert_eq!(from_process_cstr(b"a\xffb\0c"), "a\\xffb");
+        assert_eq!(from_process_cstr(b"a\\xffb"), "a\\x5cxffb");
+        assert_eq!(from_process_cstr("ünï".as_bytes()), "ünï");
+        assert_eq!(from_process_cstr(b"C:\\\xfe"), "C:\\x5c\\xfe");
     }
 
     #[test]

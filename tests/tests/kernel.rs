@@ -239,15 +239,16 @@ fn listen_variables_are_found_anywhere_in_the_first_128_entries_only() {
 }
 
 /// Execs /bin/true through a link whose name carries a terminal escape and an invalid UTF-8
-/// byte, with arguments that carry more of both and one longer than is kept, and a secret in
-/// its environment beside LISTEN_*. Waits for a line on stdin first.
+/// byte, with arguments that carry more of both, one longer than is kept and one that spells an
+/// escape (`\xff` typed out), and a secret in its environment beside LISTEN_*. Waits for a line
+/// on stdin first.
 const HOSTILE: &str = r#"
 import os, sys
 link = os.path.join(sys.argv[1].encode(), b"\x1b[2Jx\xff")
 os.symlink(b"/bin/true", link)
 sys.stdin.readline()
 env = {b"SECRET_TOKEN": b"hunter2-sockact", b"LISTEN_PID": str(os.getpid()).encode(), b"LISTEN_FDS": b"1"}
-os.execve(link, [link, b"\x1b]0;title\x07", b"A" * 300, b"\xfe\xff"], env)
+os.execve(link, [link, b"\x1b]0;title\x07", b"A" * 300, b"\xfe\xff", b"\\xff"], env)
 "#;
 
 #[test]
@@ -313,6 +314,9 @@ fn hostile_names_are_exact_in_json_and_harmless_in_text_and_secrets_never_read()
     // ARG_LEN (64) bytes with the NUL.
     assert_eq!(argv[2], "A".repeat(63), "cut to what is kept");
     assert_eq!(argv[3], "\\xfe\\xff");
+    // The four characters \xff, as a process wrote them: their backslash escaped, so they are
+    // never the byte 0xff.
+    assert_eq!(argv[4], "\\x5cxff");
     assert_eq!(exec["listen_fds"], 1);
 
     // Text: the same, with no control character left to act on a terminal.
