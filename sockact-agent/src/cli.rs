@@ -92,6 +92,17 @@ pub enum Command {
         /// (SYSTEMD_UNIT_PATH when set); none: every socket unit there.
         #[arg(value_name = "PATH|UNIT")]
         units: Vec<String>,
+        /// Read units, drop-ins, aliases, masks and enablement inside this root only (as
+        /// `systemd-analyze --root`), e.g. a container's or an image's.
+        #[arg(long, value_name = "DIR")]
+        root: Option<std::path::PathBuf>,
+        /// Lint user units (a user manager's search path) instead of system units.
+        #[arg(long)]
+        user: bool,
+        /// Also report what is often a deliberate choice: every interface listened on, a
+        /// service running as root, a unix socket without SocketMode=.
+        #[arg(long)]
+        pedantic: bool,
     },
 }
 

@@ -219,10 +219,17 @@ fn lint_exits_1_on_a_problem_0_on_a_correct_set_and_takes_format_anywhere() {
         )),
         "{out}"
     );
-    // Information only: exit 0.
-    let info = trace(&["lint", &format!("{}/rooty.socket", lint_dir("bad"))]);
+    // What is often deliberate only with --pedantic, and information only: exit 0.
+    let rooty = format!("{}/rooty.socket", lint_dir("bad"));
+    let quiet = trace(&["lint", &rooty]);
+    assert_eq!(quiet.status.code(), Some(0), "{quiet:?}");
+    assert!(quiet.stdout.is_empty(), "{quiet:?}");
+    let info = trace(&["lint", "--pedantic", &rooty]);
     assert_eq!(info.status.code(), Some(0), "{info:?}");
-    assert!(!info.stdout.is_empty());
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("runs_as_root"),
+        "{info:?}"
+    );
 }
 
 #[test]

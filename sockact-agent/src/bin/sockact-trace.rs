@@ -11,9 +11,19 @@ use sockact_agent::{
 fn main() -> ExitCode {
     let cli: Cli = sockact_agent::cli::parse_or_exit();
     logging::init(cli.verbose, cli.kernel_log);
-    if let Some(Command::Lint { units }) = &cli.command {
+    if let Some(Command::Lint {
+        units,
+        root,
+        user,
+        pedantic,
+    }) = &cli.command
+    {
         let format = cli.format.unwrap_or_else(Format::default_for_stdout);
-        return match lint::run(units, format) {
+        let scope = lint::load::Scope {
+            root: root.clone(),
+            user: *user,
+        };
+        return match lint::run(units, &scope, *pedantic, format) {
             Ok(problems) => ExitCode::from(u8::from(problems)),
             Err(e) => {
                 eprintln!("sockact-trace: lint: {e}");

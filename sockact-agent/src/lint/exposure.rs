@@ -1,6 +1,8 @@
 //! What a socket exposes and to whom (research/failure-modes.md B4, L5, Q1): informational
 //! findings that are often right and sometimes not meant: `listen_all_addresses`,
-//! `reuseport`, `runs_as_root`, `unix_socket_mode`.
+//! `reuseport`, `runs_as_root`, `unix_socket_mode`. On real units the first, third and fourth
+//! were mostly deliberate (network daemons, public sockets, daemons that drop privileges
+//! themselves): they are reported with `--pedantic` only (lint::PEDANTIC).
 use serde_json::json;
 
 use super::{Found, cite, cite_section, load::UnitSet, naming::LISTEN_KEYS};
@@ -56,10 +58,16 @@ pub fn check(set: &UnitSet, out: &mut Vec<Finding>) {
             .push(out);
         }
         let mode = socket.get("Socket", "SocketMode");
-        for e in listen
-            .iter()
-            .filter(|e| e.value.starts_with('/') && mode.is_none())
-        {
+        // Files systemd creates with SocketMode= (ListenSpecial= opens an existing file).
+        let made = [
+            "ListenStream",
+            "ListenDatagram",
+            "ListenSequentialPacket",
+            "ListenFIFO",
+        ];
+        for e in listen.iter().filter(|e| {
+            e.value.starts_with('/') && mode.is_none() && made.contains(&e.key.as_str())
+        }) {
             Found {
                 rule: "unix_socket_mode",
                 severity: "info",
@@ -76,7 +84,13 @@ pub fn check(set: &UnitSet, out: &mut Vec<Finding>) {
             .push(out);
         }
     }
-    for service in set.services() {
+    // A user manager's services run as their user.
+    let services = if set.is_user() {
+        Vec::new()
+    } else {
+        set.services()
+    };
+    for service in services {
         let Some(socket) = set.socket_of(service) else {
             continue;
         };

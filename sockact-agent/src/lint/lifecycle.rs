@@ -21,7 +21,9 @@ pub fn check(set: &UnitSet, out: &mut Vec<Finding>) {
         let socket = set.socket_of(service);
         let activated = socket.is_some();
         let backend = backends.contains(&service.name);
-        if activated || backend {
+        // A service started at boot as well (journald, udevd) is no on-demand service: its
+        // Restart=always keeps a daemon up, it fights no idle exit.
+        if (activated || backend) && !set.enabled(&service.name) {
             restart_always(service, socket, backend, out);
         }
         if activated {
@@ -59,9 +61,41 @@ fn partof_on_socket(set: &UnitSet, socket: &UnitFile, out: &mut Vec<Finding>) {
     }
 }
 
+/// The service is enabled, its socket is not, and the service cannot do without it. Not when
+/// another enabled socket starts the same service (libvirtd's opt-in tcp/tls sockets), when the
+/// service pulls its socket in itself, or when the two are alternatives: a service with an
+/// [Install] of its own that names its socket nowhere runs standalone by design (Debian's
+/// ssh.service and dovecot.service, each with a disabled socket for whoever prefers it).
 fn socket_not_enabled(set: &UnitSet, socket: &UnitFile, out: &mut Vec<Finding>) {
     let service = set.service_of(socket);
     if !set.enabled(&service) || set.enabled(&socket.name) {
+        return;
+    }
+    let started_otherwise = set
+        .all()
+        .filter(|u| u.kind() == "socket" && u.name != socket.name)
+        .any(|other| set.service_of(other) == service && set.enabled(&other.name));
+    if started_otherwise {
+        return;
+    }
+    let Some(svc) = set.get(&service) else { return };
+    let names_socket = |keys: &[&str], section: &str| {
+        keys.iter()
+            .any(|k| svc.words(section, k).contains(&socket.name))
+    };
+    if names_socket(&["Requires", "Wants", "BindsTo", "Requisite"], "Unit")
+        || names_socket(&["Sockets"], "Service")
+    {
+        // Starting the service starts its socket.
+        return;
+    }
+    let needs_socket = names_socket(&["Also"], "Install")
+        || svc
+            .get("Service", "StandardInput")
+            .is_some_and(|e| e.value.starts_with("socket"))
+        || svc.list("Install", "WantedBy").is_empty()
+            && svc.list("Install", "RequiredBy").is_empty();
+    if !needs_socket {
         return;
     }
     let mut evidence = Vec::new();
@@ -191,31 +225,38 @@ fn push_self_stop(
     .push(out);
 }
 
+/// Restart= with the start limit switched off: systemd's default (5 starts in 10 s) is a guard
+/// rail every unit has, so only a unit that removes it (`StartLimitIntervalSec=0`,
+/// `StartLimitBurst=0`, or `infinity`) restarts a crash without end.
 fn no_start_limit(service: &UnitFile, socket: Option<&UnitFile>, out: &mut Vec<Finding>) {
-    let Some(e) = service
+    let Some(restart) = service
         .get("Service", "Restart")
         .filter(|e| e.value != "no")
     else {
         return;
     };
-    let limited = ["StartLimitIntervalSec", "StartLimitBurst"]
-        .iter()
-        .any(|k| service.get("Unit", k).is_some())
-        || service.get("Service", "StartLimitInterval").is_some();
-    if limited {
+    let off = |v: &str| matches!(v.trim(), "0" | "0s" | "infinity");
+    let Some(limit) = [
+        service.get("Unit", "StartLimitIntervalSec"),
+        service.get("Unit", "StartLimitBurst"),
+        service.get("Service", "StartLimitInterval"),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|e| off(&e.value)) else {
         return;
-    }
+    };
     Found {
         rule: "no_start_limit",
         severity: "info",
         unit: Some(service.name.clone()),
         socket_unit: socket.map(|s| s.name.clone()),
         message: format!(
-            "{} has Restart={} and relies on systemd's default start limit (5 starts in 10 s).",
-            service.name, e.value
+            "{} has Restart={} and {}: systemd's start limit is off, so a service that cannot start is restarted without end and never fails.",
+            service.name, restart.value, limit.text
         ),
-        hint: "Say what a crash loop is for this service: StartLimitIntervalSec= and StartLimitBurst= in [Unit] (and RestartSec=), so that it is stopped, and seen, when it cannot start.".into(),
-        evidence: vec![cite(e)],
+        hint: "Keep a start limit (systemd's default is 5 starts in 10 s; StartLimitIntervalSec= and StartLimitBurst= in [Unit] set one that fits), so that a crash loop stops, and is seen.".into(),
+        evidence: vec![cite(restart), cite(limit)],
         figures: json!({}),
     }
     .push(out);

@@ -2,7 +2,9 @@
 //! systemd's search path (`SYSTEMD_UNIT_PATH` when set, as systemd itself honours it), each with
 //! its drop-ins; and the units they name (a socket's service, a proxy's backend), looked up the
 //! same way but not linted themselves. Where the directories hold `*.wants/` links, whether a
-//! unit is enabled is known too.
+//! unit is enabled is known too. With `--root DIR` every path is read inside DIR, as
+//! `systemd-analyze --root` does: its search path, its alias links (an absolute target is a path
+//! in DIR, never on this host), its masks and its enablement.
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
@@ -20,6 +22,18 @@ const SEARCH_PATH: &[&str] = &[
     "/lib/systemd/system",
 ];
 
+/// The user manager's search path (systemd.unit(5)), highest priority first, less what lives
+/// in a user's home (added by [`search_path`] where there is one).
+const USER_SEARCH_PATH: &[&str] = &[
+    "/etc/systemd/user",
+    "/run/systemd/user",
+    "/usr/local/share/systemd/user",
+    "/usr/share/systemd/user",
+    "/usr/local/lib/systemd/user",
+    "/usr/lib/systemd/user",
+    "/lib/systemd/user",
+];
+
 /// Unit types lint reads.
 const KINDS: &[&str] = &[".socket", ".service"];
 
@@ -29,8 +43,32 @@ pub enum LoadError {
         "no unit file or unit {0}: give a path, a directory, or a unit name in systemd's search path"
     )]
     NotFound(String),
+    #[error("{0} is masked (linked to /dev/null): systemd never loads it, so it is not linted")]
+    Masked(String),
+    #[error(
+        "no directory {0}: --root takes the root of a system (a directory holding /etc and /usr)"
+    )]
+    NoRoot(String),
     #[error(transparent)]
     Parse(#[from] ParseError),
+}
+
+/// Where units are read: this host's search path, or another root's (`--root`); the system
+/// manager's units or a user manager's (`--user`).
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub root: Option<PathBuf>,
+    pub user: bool,
+}
+
+/// What a name in a unit directory is.
+enum Found {
+    /// A unit file (or a link to one of the same name).
+    File(PathBuf),
+    /// A link to a unit of another name: the name is an alias of that unit.
+    Alias(String),
+    /// A link to /dev/null or an empty file.
+    Masked,
 }
 
 /// The unit files lint reads, and which of them it lints.
@@ -40,11 +78,47 @@ pub struct UnitSet {
     linted: BTreeSet<String>,
     /// Where units are looked up: the directories of what was given, then the search path.
     dirs: Vec<PathBuf>,
+    /// The root absolute link targets are read in (`/` but with `--root`).
+    root: PathBuf,
+    /// Alias name -> the unit it names.
+    aliases: BTreeMap<String, String>,
+    /// A user manager's units (`--user`).
+    user: bool,
+    /// The search path alone (without the directories given): units found there are
+    /// installed, and whether they are enabled is known.
+    search: Vec<PathBuf>,
 }
 
-/// The search path: `SYSTEMD_UNIT_PATH` (a trailing `:` appends the defaults), else systemd's.
-pub fn search_path() -> Vec<PathBuf> {
-    let defaults = || SEARCH_PATH.iter().map(PathBuf::from).collect::<Vec<_>>();
+/// The search path of `scope`: inside its root when it has one; else `SYSTEMD_UNIT_PATH` (a
+/// trailing `:` appends the defaults), else systemd's (with the user's own directories first
+/// for `--user`).
+pub fn search_path(scope: &Scope) -> Vec<PathBuf> {
+    let list = if scope.user {
+        USER_SEARCH_PATH
+    } else {
+        SEARCH_PATH
+    };
+    if let Some(root) = &scope.root {
+        return list
+            .iter()
+            .map(|d| root.join(d.trim_start_matches('/')))
+            .collect();
+    }
+    let defaults = || {
+        let mut dirs = Vec::new();
+        if scope.user
+            && let Some(home) = std::env::var_os("HOME")
+        {
+            let home = PathBuf::from(home);
+            dirs.push(home.join(".config/systemd/user"));
+            dirs.push(home.join(".local/share/systemd/user"));
+        }
+        dirs.extend(list.iter().map(PathBuf::from));
+        dirs
+    };
+    if scope.user {
+        return defaults();
+    }
     match std::env::var("SYSTEMD_UNIT_PATH") {
         Ok(v) if !v.is_empty() => {
             let mut dirs: Vec<PathBuf> = v
@@ -73,24 +147,37 @@ impl UnitSet {
         for &(name, text) in units {
             let path = PathBuf::from(name);
             let (entries, headers) = super::unit_file::parse_text(text, &path);
-            set.units.insert(
-                name.to_owned(),
-                UnitFile {
-                    name: name.to_owned(),
-                    path,
-                    entries,
-                    headers,
-                },
-            );
+            let mut unit = UnitFile {
+                name: name.to_owned(),
+                path,
+                entries,
+                headers,
+            };
+            unit.expand_specifiers(false);
+            set.units.insert(name.to_owned(), unit);
             set.linted.insert(name.to_owned());
         }
         set
     }
 
-    /// Reads what `args` name; with no argument, every socket unit in the search path.
+    /// Reads what `args` name in this host's system search path; with no argument, every
+    /// socket unit there.
     pub fn load(args: &[String]) -> Result<UnitSet, LoadError> {
+        Self::load_in(args, &Scope::default())
+    }
+
+    /// Reads what `args` name in `scope`; with no argument, every socket unit there.
+    pub fn load_in(args: &[String], scope: &Scope) -> Result<UnitSet, LoadError> {
+        if let Some(root) = &scope.root
+            && !root.is_dir()
+        {
+            return Err(LoadError::NoRoot(root.display().to_string()));
+        }
         let mut set = UnitSet {
-            dirs: search_path(),
+            dirs: search_path(scope),
+            root: scope.root.clone().unwrap_or_else(|| PathBuf::from("/")),
+            user: scope.user,
+            search: search_path(scope),
             ..Default::default()
         };
         let mut given_dirs = Vec::new();
@@ -130,14 +217,20 @@ impl UnitSet {
                     KINDS.iter().map(|k| format!("{arg}{k}")).collect()
                 };
                 let mut found = false;
+                let mut masked = None;
                 for name in candidates {
-                    if set.resolve(&name)?.is_some() {
-                        set.linted.insert(name);
+                    if set.is_masked(&name) {
+                        masked = Some(name);
+                    } else if let Some(unit) = set.resolve(&name)? {
+                        let real = unit.name.clone();
+                        set.linted.insert(real);
                         found = true;
                     }
                 }
-                if !found {
-                    return Err(LoadError::NotFound(arg.clone()));
+                match (found, masked) {
+                    (true, _) => {}
+                    (false, Some(name)) => return Err(LoadError::Masked(name)),
+                    (false, None) => return Err(LoadError::NotFound(arg.clone())),
                 }
             } else {
                 return Err(LoadError::NotFound(arg.clone()));
@@ -148,8 +241,10 @@ impl UnitSet {
         dirs.append(&mut set.dirs);
         set.dirs = dirs;
         for name in names {
-            if set.resolve(&name)?.is_some() {
-                set.linted.insert(name);
+            // Masks are skipped, aliases linted under the name of the unit they name.
+            if let Some(unit) = set.resolve(&name)? {
+                let real = unit.name.clone();
+                set.linted.insert(real);
             }
         }
         set.load_companions()?;
@@ -159,20 +254,100 @@ impl UnitSet {
     fn insert_file(&mut self, name: &str, path: &Path) -> Result<(), LoadError> {
         let mut dirs = vec![path.parent().map(Path::to_owned).unwrap_or_default()];
         dirs.extend(self.dirs.iter().cloned());
-        let unit = UnitFile::read(name, path, &dropins(name, &dirs))?;
+        let mut unit = UnitFile::read(name, path, &dropins(name, &dirs))?;
+        unit.expand_specifiers(self.user);
         self.units.insert(name.to_owned(), unit);
         Ok(())
     }
 
-    /// A unit by name: already read, or found in the directories and read now.
+    /// A unit by name (or by an alias of it): already read, or found in the directories and
+    /// read now. A masked unit is none.
     fn resolve(&mut self, name: &str) -> Result<Option<&UnitFile>, LoadError> {
-        if !self.units.contains_key(name) {
-            let Some(path) = self.dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) else {
-                return Ok(None);
-            };
-            self.insert_file(name, &path)?;
+        let mut name = name.to_owned();
+        // Aliases of aliases, as systemd follows them, a few deep.
+        for _ in 0..8 {
+            if let Some(real) = self.aliases.get(&name) {
+                name = real.clone();
+                continue;
+            }
+            if self.units.contains_key(&name) {
+                break;
+            }
+            match self.find(&name) {
+                None | Some(Found::Masked) => return Ok(None),
+                Some(Found::File(path)) => {
+                    self.insert_file(&name, &path)?;
+                    break;
+                }
+                Some(Found::Alias(real)) => {
+                    self.aliases.insert(name.clone(), real.clone());
+                    name = real;
+                }
+            }
         }
-        Ok(self.units.get(name))
+        Ok(self.units.get(&name))
+    }
+
+    /// What `name` is in the first directory that has it, links read inside the root.
+    fn find(&self, name: &str) -> Option<Found> {
+        for dir in &self.dirs {
+            let path = dir.join(name);
+            let Ok(meta) = path.symlink_metadata() else {
+                continue;
+            };
+            if !meta.is_symlink() {
+                if !meta.is_file() {
+                    continue;
+                }
+                return Some(if meta.len() == 0 {
+                    Found::Masked
+                } else {
+                    Found::File(path)
+                });
+            }
+            let target = std::fs::read_link(&path).ok()?;
+            if target == Path::new("/dev/null") {
+                return Some(Found::Masked);
+            }
+            let real = self.in_root(&path, &target);
+            let real_name = real.file_name()?.to_string_lossy().into_owned();
+            if real_name != name && is_unit_name(&real_name) {
+                return Some(Found::Alias(real_name));
+            }
+            // A link to a unit file of the same name elsewhere (`systemctl link`).
+            let meta = real.metadata().ok()?;
+            return Some(if meta.len() == 0 {
+                Found::Masked
+            } else {
+                Found::File(real)
+            });
+        }
+        None
+    }
+
+    /// A link's target as a path here: an absolute one inside the root, a relative one beside
+    /// the link.
+    fn in_root(&self, link: &Path, target: &Path) -> PathBuf {
+        match target.strip_prefix("/") {
+            Ok(inside) => self.root.join(inside),
+            Err(_) => link.parent().map(|p| p.join(target)).unwrap_or_default(),
+        }
+    }
+
+    /// Whether these are a user manager's units.
+    pub fn is_user(&self) -> bool {
+        self.user
+    }
+
+    /// Whether a unit was found installed in the search path (not only in a directory given),
+    /// so that not being enabled means something.
+    pub fn installed(&self, unit: &UnitFile) -> bool {
+        self.search.iter().any(|d| unit.path.starts_with(d))
+    }
+
+    /// Whether `name` is masked in the directories.
+    pub fn is_masked(&self, name: &str) -> bool {
+        matches!(self.find(name), Some(Found::Masked))
     }
 
     /// Reads the units the linted ones name, so that rules can look at pairs.
@@ -233,13 +408,19 @@ impl UnitSet {
     /// The services lint checks: the linted ones, and those the linted sockets start.
     pub fn services(&self) -> Vec<&UnitFile> {
         let mut names: BTreeSet<String> = self.linted("service").map(|u| u.name.clone()).collect();
-        names.extend(self.linted("socket").map(|s| self.service_of(s)));
+        names.extend(
+            self.linted("socket")
+                .filter_map(|s| self.get(&self.service_of(s)))
+                .map(|u| u.name.clone()),
+        );
         names.iter().filter_map(|n| self.units.get(n)).collect()
     }
 
-    /// A unit read (linted or looked up).
+    /// A unit read (linted or looked up), by its name or an alias.
     pub fn get(&self, name: &str) -> Option<&UnitFile> {
-        self.units.get(name)
+        self.units
+            .get(name)
+            .or_else(|| self.units.get(self.aliases.get(name)?))
     }
 
     /// Every unit read.
@@ -264,7 +445,10 @@ impl UnitSet {
         self.units
             .values()
             .filter(|u| u.kind() == "socket")
-            .find(|s| self.service_of(s) == service.name)
+            .find(|s| {
+                self.get(&self.service_of(s))
+                    .is_some_and(|u| u.name == service.name)
+            })
     }
 
     /// Whether a unit is enabled: linked from a `*.wants/` or `*.requires/` directory.
@@ -294,12 +478,13 @@ impl UnitSet {
     }
 }
 
-/// The socket and service unit files in a directory, sorted.
+/// The names of socket and service units in a directory (files and links: what they are is
+/// decided when they are resolved), sorted.
 fn unit_names_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
-                .filter(|e| e.path().is_file())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .filter(|n| is_unit_name(n))
                 .collect()
@@ -337,4 +522,69 @@ fn dropins(name: &str, dirs: &[PathBuf]) -> Vec<PathBuf> {
         }
     }
     by_name.into_values().collect()
+}
+
+#[cfg(test)]
+mod root_tests {
+    use super::*;
+
+    /// A root laid out as Debian lays one out: the unit in /lib, an alias link and a mask in
+    /// /etc, absolute link targets (which name paths inside the root, never on this host).
+    fn debian_like_root(name: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("sockact-root-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let lib = root.join("lib/systemd/system");
+        let etc = root.join("etc/systemd/system");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::create_dir_all(etc.join("sockets.target.wants")).unwrap();
+        std::fs::write(lib.join("ssh.socket"), "[Socket]\nListenStream=22\n").unwrap();
+        std::fs::write(
+            lib.join("ssh.service"),
+            "[Service]\nExecStart=/usr/sbin/sshd -D\n[Install]\nAlias=sshd.service\n",
+        )
+        .unwrap();
+        std::fs::write(lib.join("gone.socket"), "[Socket]\nListenStream=9\n").unwrap();
+        let link = |target: &str, at: PathBuf| std::os::unix::fs::symlink(target, at).unwrap();
+        link("/lib/systemd/system/ssh.service", etc.join("sshd.service"));
+        link(
+            "/lib/systemd/system/ssh.socket",
+            etc.join("sockets.target.wants/ssh.socket"),
+        );
+        link("/dev/null", etc.join("gone.socket"));
+        root
+    }
+
+    fn scope(root: &Path) -> Scope {
+        Scope {
+            root: Some(root.to_owned()),
+            user: false,
+        }
+    }
+
+    #[test]
+    fn an_alias_is_its_unit_inside_the_root_and_a_mask_is_not_linted() {
+        let root = debian_like_root("alias");
+        let set = UnitSet::load_in(&["sshd".into()], &scope(&root)).unwrap();
+        let linted: Vec<&str> = set.linted("service").map(|u| u.name.as_str()).collect();
+        assert_eq!(linted, ["ssh.service"]);
+        assert!(set.get("ssh.service").unwrap().path.starts_with(&root));
+        assert_eq!(set.get("sshd.service").unwrap().name, "ssh.service");
+        assert!(set.enabled("ssh.socket"));
+        let err = UnitSet::load_in(&["gone".into()], &scope(&root)).unwrap_err();
+        assert!(
+            matches!(err, LoadError::Masked(ref n) if n == "gone.socket"),
+            "{err}"
+        );
+        // Every socket unit of the root: the masked one is not among them.
+        let all = UnitSet::load_in(&[], &scope(&root)).unwrap();
+        let sockets: Vec<&str> = all.linted("socket").map(|u| u.name.as_str()).collect();
+        assert_eq!(sockets, ["ssh.socket"]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_root_that_is_not_a_directory_is_an_error_naming_it() {
+        let err = UnitSet::load_in(&[], &scope(Path::new("/nonexistent/root"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/root"), "{err}");
+    }
 }

@@ -55,15 +55,19 @@ pub fn check(set: &UnitSet, out: &mut Vec<Finding>) {
                 figures: json!({}),
             }
             .push(out),
-            (_, None, None) => Found {
+            (_, None, None) if !inert(set, socket, if accept_yes { &template } else { &plain }) => Found {
                 rule: "no_matching_service",
                 severity: "error",
                 unit: None,
                 socket_unit: Some(socket.name.clone()),
                 message: format!(
-                    "{} has no Service= and there is no {}: nothing can be activated.",
+                    "{} has no Service= and {}: nothing can be activated.",
                     socket.name,
-                    if accept_yes { &template } else { &plain }
+                    if set.is_masked(if accept_yes { &template } else { &plain }) {
+                        format!("{} is masked", if accept_yes { &template } else { &plain })
+                    } else {
+                        format!("there is no {}", if accept_yes { &template } else { &plain })
+                    }
                 ),
                 hint: format!(
                     "Add the service unit ({}), or name the one to start with Service= in [Socket].",
@@ -76,4 +80,14 @@ pub fn check(set: &UnitSet, out: &mut Vec<Finding>) {
             _ => {}
         }
     }
+}
+
+/// A socket whose missing service harms nothing: it is not enabled and either its service was
+/// masked on purpose, or it is an installed static socket (no [Install]) that only a unit which
+/// needs it starts, bringing its service along (systemd's syslog.socket and a syslog daemon).
+fn inert(set: &UnitSet, socket: &super::unit_file::UnitFile, service: &str) -> bool {
+    if set.enabled(&socket.name) {
+        return false;
+    }
+    set.is_masked(service) || set.installed(socket) && socket.header("Install").is_none()
 }

@@ -130,6 +130,21 @@ impl UnitFile {
         Ok(unit)
     }
 
+    /// Expands the `%` specifiers systemd expands in values (systemd.unit(5)) that a unit's
+    /// name and its manager determine: `%n %N %p %P %i %I %j %J %f`, the directories (`%t %S
+    /// %C %L %E %T %V %h`, the system manager's, or for a user manager those that do not
+    /// depend on who the user is) and `%y %Y %%`. Others (host, user, boot) stay as written.
+    /// The evidence text keeps what the file says.
+    pub fn expand_specifiers(&mut self, user: bool) {
+        let name = self.name.clone();
+        let path = self.path.clone();
+        for e in &mut self.entries {
+            if e.value.contains('%') {
+                e.value = expand(&e.value, &name, &path, user);
+            }
+        }
+    }
+
     /// The effective value of a single-valued setting: the last one.
     pub fn get(&self, section: &str, key: &str) -> Option<&Entry> {
         self.entries
@@ -241,5 +256,124 @@ Accept=yes
     fn an_unfinished_continuation_at_the_end_is_kept() {
         let (entries, _) = parse_text("[Service]\nExecStart=/bin/true \\", Path::new("x"));
         assert_eq!(entries[0].value, "/bin/true");
+    }
+}
+
+/// `value` with the specifiers of unit `name` (read from `path`) expanded.
+fn expand(value: &str, name: &str, path: &Path, user: bool) -> String {
+    let (full, _kind) = name.rsplit_once('.').unwrap_or((name, ""));
+    let (prefix, instance) = match full.split_once('@') {
+        Some((p, i)) => (p, i),
+        None => (full, ""),
+    };
+    let last = prefix.rsplit('-').next().unwrap_or(prefix);
+    let file = if instance.is_empty() {
+        format!("/{}", unescape(prefix))
+    } else {
+        format!("/{}", unescape(instance))
+    };
+    let dir = |system: &str| -> Option<String> { (!user).then(|| system.to_owned()) };
+    // A template has no instance yet: systemd expands %i when it makes one.
+    let template = name.contains("@.");
+    let of_instance = |v: String| -> Option<String> { (!template).then_some(v) };
+    let mut out = String::with_capacity(value.len());
+    let mut chars = value.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(spec) = chars.next() else {
+            out.push('%');
+            break;
+        };
+        let expanded = match spec {
+            '%' => Some("%".to_owned()),
+            'n' => Some(name.to_owned()),
+            'N' => Some(full.to_owned()),
+            'p' => Some(prefix.to_owned()),
+            'P' => Some(unescape(prefix)),
+            'i' => of_instance(instance.to_owned()),
+            'I' => of_instance(unescape(instance)),
+            'j' => Some(last.to_owned()),
+            'J' => Some(unescape(last)),
+            'f' => of_instance(file.clone()),
+            'y' => Some(path.display().to_string()),
+            'Y' => path.parent().map(|p| p.display().to_string()),
+            't' => dir("/run"),
+            'S' => dir("/var/lib"),
+            'C' => dir("/var/cache"),
+            'L' => dir("/var/log"),
+            'E' => dir("/etc"),
+            'h' => dir("/root"),
+            'T' => Some("/tmp".to_owned()),
+            'V' => Some("/var/tmp".to_owned()),
+            _ => None,
+        };
+        match expanded {
+            Some(v) => out.push_str(&v),
+            None => {
+                out.push('%');
+                out.push(spec);
+            }
+        }
+    }
+    out
+}
+
+/// A unit name part as the text it escapes (systemd-escape(1)): `-` is `/`, `\xNN` a byte.
+fn unescape(s: &str) -> String {
+    let mut bytes = Vec::with_capacity(s.len());
+    let raw = s.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'-' => bytes.push(b'/'),
+            b'\\'
+                if raw.get(i + 1) == Some(&b'x')
+                    && let Some(b) = raw
+                        .get(i + 2..i + 4)
+                        .and_then(|h| std::str::from_utf8(h).ok())
+                        .and_then(|h| u8::from_str_radix(h, 16).ok()) =>
+            {
+                bytes.push(b);
+                i += 3;
+            }
+            b => bytes.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[cfg(test)]
+mod specifier_tests {
+    use super::*;
+
+    #[test]
+    fn specifiers_expand_as_systemd_expands_them() {
+        let path = Path::new("/lib/systemd/system/getty@.service");
+        let e = |v: &str, name: &str| expand(v, name, path, false);
+        assert_eq!(e("%t/%N.sock", "foo.socket"), "/run/foo.sock");
+        assert_eq!(
+            e("%i|%I|%p|%n", "getty@tty1.service"),
+            "tty1|tty1|getty|getty@tty1.service"
+        );
+        assert_eq!(
+            e("%I %f", "systemd-fsck@dev-disk-by\\x2duuid-1234.service"),
+            "dev/disk/by-uuid/1234 /dev/disk/by-uuid/1234"
+        );
+        assert_eq!(e("100%% %Z %", "a.service"), "100% %Z %");
+        assert_eq!(e("%Y", "a.service"), "/lib/systemd/system");
+        // A template has no instance to expand yet.
+        assert_eq!(
+            e("BindsTo=x@%i.service", "x@.socket"),
+            "BindsTo=x@%i.service"
+        );
+        // A user manager's runtime directory depends on the user: left as written.
+        assert_eq!(
+            expand("%t/pipewire-0", "pipewire.socket", path, true),
+            "%t/pipewire-0"
+        );
     }
 }
