@@ -1,6 +1,7 @@
 //! Project chores: `cargo xtask setup | test | demo | bench | fuzz | soak | install`. Orchestration only; the build itself is
 //! plain cargo (sockact-agent's build.rs builds the eBPF programs).
 mod bench;
+mod corpus;
 mod demo;
 mod fuzz;
 mod install;
@@ -48,6 +49,8 @@ enum Command {
     Demo,
     /// Build (once) the Debian root with systemd that the end-to-end tests boot.
     Rootfs,
+    /// Build (once) the root with real Debian packages' socket units that the suite lints.
+    Corpus,
     /// Measure sockact beside its peers: in-kernel cost against the floor, throughput on
     /// unrelated and watched load, memory, start-up and the userspace pipeline.
     Bench {
@@ -111,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Demo => demo::run(),
         Command::Rootfs => rootfs::ensure().map(|_| ()),
+        Command::Corpus => corpus::ensure().map(|_| ()),
         Command::Bench { rounds, seconds } => bench::run(&bench::Options { rounds, seconds }),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Command::Soak {

@@ -5,7 +5,7 @@ use std::process::Command;
 use anyhow::bail;
 
 use crate::{
-    fuzz, rootfs, setup,
+    corpus, fuzz, rootfs, setup,
     util::{build_binaries, build_release, is_root, root, run_cmd},
     vm,
 };
@@ -66,8 +66,10 @@ pub fn run(kernels: &[String], args: &[String]) -> anyhow::Result<()> {
             "the kernel and end-to-end tests need root (they load eBPF programs): run `cargo xtask test` as root"
         );
     }
-    // The real-systemd test bed's root, built once and cached.
+    // The real-systemd test bed's root, built once and cached; and real Debian packages' units
+    // installed into a copy of it, for lint.
     let rootfs = rootfs::ensure()?;
+    let corpus = corpus::ensure()?;
     // One at a time: scenarios boot containers, and tracers see the whole machine.
     run_cmd(
         Command::new("cargo")
@@ -75,7 +77,8 @@ pub fn run(kernels: &[String], args: &[String]) -> anyhow::Result<()> {
             .args(["test", "-p", "sockact-tests", "--", "--test-threads=1"])
             .args(args)
             .env("SOCKACT_TRACE_BIN", root.join("target/debug/sockact-trace"))
-            .env("SOCKACT_ROOTFS", rootfs),
+            .env("SOCKACT_ROOTFS", rootfs)
+            .env("SOCKACT_CORPUS", corpus),
     )?;
     // The same core cases and one scenario per rule on every kernel of the matrix.
     build_release()?;
