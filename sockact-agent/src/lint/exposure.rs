@@ -64,6 +64,7 @@ pub fn check(set: &UnitSet, out: &mut Vec<Finding>) {
             "ListenDatagram",
             "ListenSequentialPacket",
             "ListenFIFO",
+            "ListenMessageQueue",
         ];
         for e in listen.iter().filter(|e| {
             e.value.starts_with('/') && mode.is_none() && made.contains(&e.key.as_str())

@@ -225,9 +225,11 @@ fn push_self_stop(
     .push(out);
 }
 
-/// Restart= with the start limit switched off: systemd's default (5 starts in 10 s) is a guard
-/// rail every unit has, so only a unit that removes it (`StartLimitIntervalSec=0`,
-/// `StartLimitBurst=0`, or `infinity`) restarts a crash without end.
+/// Restart= that systemd's start limit never stops: the limit switched off
+/// (`StartLimitIntervalSec=0` or `StartLimitBurst=0`), or restarts spaced so far apart that no
+/// burst of them fits in its interval (`RestartSec=` x burst >= interval: with the defaults, 5
+/// starts in 10 s, a `RestartSec=` of 2 s or more). Such a service is restarted without end and
+/// never fails, and neither does its socket.
 fn no_start_limit(service: &UnitFile, socket: Option<&UnitFile>, out: &mut Vec<Finding>) {
     let Some(restart) = service
         .get("Service", "Restart")
@@ -235,29 +237,144 @@ fn no_start_limit(service: &UnitFile, socket: Option<&UnitFile>, out: &mut Vec<F
     else {
         return;
     };
-    let off = |v: &str| matches!(v.trim(), "0" | "0s" | "infinity");
-    let Some(limit) = [
-        service.get("Unit", "StartLimitIntervalSec"),
-        service.get("Unit", "StartLimitBurst"),
-        service.get("Service", "StartLimitInterval"),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|e| off(&e.value)) else {
+    // [Service] holds the old spellings, still read.
+    let setting = |new: &str, old: &str| {
+        service
+            .get("Unit", new)
+            .or_else(|| service.get("Service", old))
+    };
+    let interval = setting("StartLimitIntervalSec", "StartLimitInterval");
+    let burst = setting("StartLimitBurst", "StartLimitBurst");
+    let restart_sec = service.get("Service", "RestartSec");
+    let interval_us = interval.map_or(Some(10_000_000), |e| time_span_us(&e.value));
+    let burst_n = burst.map_or(Some(5), |e| e.value.trim().parse::<u64>().ok());
+    let restart_us = restart_sec.map_or(Some(100_000), |e| time_span_us(&e.value));
+    let (Some(interval_us), Some(burst_n), Some(restart_us)) = (interval_us, burst_n, restart_us)
+    else {
         return;
     };
+    let (why, mut evidence) = if interval_us == 0 || burst_n == 0 {
+        let off = [interval, burst]
+            .into_iter()
+            .flatten()
+            .find(|e| e.value.trim().trim_end_matches('s') == "0")
+            .map_or_else(|| cite(restart), cite);
+        ("its start limit switched off".to_owned(), vec![off])
+    } else if restart_us.saturating_mul(burst_n) >= interval_us {
+        let cited: Vec<_> = [restart_sec, interval, burst]
+            .into_iter()
+            .flatten()
+            .map(cite)
+            .collect();
+        (
+            format!(
+                "restarts {} apart: {burst_n} of them never fit in the start limit's {}",
+                show_us(restart_us),
+                show_us(interval_us)
+            ),
+            cited,
+        )
+    } else {
+        return;
+    };
+    evidence.insert(0, cite(restart));
+    evidence.dedup();
     Found {
         rule: "no_start_limit",
         severity: "info",
         unit: Some(service.name.clone()),
         socket_unit: socket.map(|s| s.name.clone()),
         message: format!(
-            "{} has Restart={} and {}: systemd's start limit is off, so a service that cannot start is restarted without end and never fails.",
-            service.name, restart.value, limit.text
+            "{} has Restart={} and {why}, so a service that cannot start is restarted without end and never fails.",
+            service.name, restart.value
         ),
-        hint: "Keep a start limit (systemd's default is 5 starts in 10 s; StartLimitIntervalSec= and StartLimitBurst= in [Unit] set one that fits), so that a crash loop stops, and is seen.".into(),
-        evidence: vec![cite(restart), cite(limit)],
-        figures: json!({}),
+        hint: "Keep a start limit the restarts can reach: StartLimitIntervalSec= longer than StartLimitBurst= x RestartSec= (systemd's default is 5 starts in 10 s), so that a crash loop stops, and is seen.".into(),
+        evidence,
+        figures: json!({ "restart_sec_ms": restart_us / 1000, "interval_ms": interval_us / 1000, "burst": burst_n }),
     }
     .push(out);
+}
+
+/// A systemd time span (systemd.time(7)) in microseconds: `2`, `500ms`, `1min 30s`, `5 s`;
+/// none for `infinity` or what does not parse.
+fn time_span_us(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if value == "infinity" || value.is_empty() {
+        return None;
+    }
+    let mut total: u64 = 0;
+    let mut rest = value;
+    while !rest.is_empty() {
+        rest = rest.trim_start();
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let scale: f64 = match &rest[..unit_len] {
+            "us" | "usec" => 1.0,
+            "ms" | "msec" => 1e3,
+            "" | "s" | "sec" | "second" | "seconds" => 1e6,
+            "m" | "min" | "minute" | "minutes" => 60e6,
+            "h" | "hr" | "hour" | "hours" => 3600e6,
+            "d" | "day" | "days" => 86400e6,
+            _ => return None,
+        };
+        total = total.saturating_add((number * scale) as u64);
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+fn show_us(us: u64) -> String {
+    if us.is_multiple_of(1_000_000) {
+        format!("{} s", us / 1_000_000)
+    } else {
+        format!("{} ms", us / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_spans_read_as_systemd_reads_them() {
+        assert_eq!(time_span_us("2"), Some(2_000_000));
+        assert_eq!(time_span_us("500ms"), Some(500_000));
+        assert_eq!(time_span_us("1min 30s"), Some(90_000_000));
+        assert_eq!(time_span_us("0"), Some(0));
+        assert_eq!(time_span_us("infinity"), None);
+        assert_eq!(time_span_us("soon"), None);
+    }
+
+    fn limit_findings(service: &str) -> Vec<Finding> {
+        let set = UnitSet::from_texts(&[("x.service", service)]);
+        let mut out = Vec::new();
+        no_start_limit(set.get("x.service").unwrap(), None, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_start_limit_the_restarts_never_reach_or_one_switched_off() {
+        let restart = "[Service]\nExecStart=/bin/x\nRestart=on-failure\n";
+        assert!(
+            limit_findings(restart).is_empty(),
+            "the defaults stop a crash loop"
+        );
+        assert_eq!(limit_findings(&format!("{restart}RestartSec=2\n")).len(), 1);
+        assert!(limit_findings(&format!("{restart}RestartSec=1\n")).is_empty());
+        let off = format!("[Unit]\nStartLimitIntervalSec=0\n{restart}");
+        assert_eq!(limit_findings(&off).len(), 1);
+        // A longer interval that the spaced restarts do reach.
+        let wide =
+            format!("[Unit]\nStartLimitIntervalSec=60\nStartLimitBurst=3\n{restart}RestartSec=2\n");
+        assert!(limit_findings(&wide).is_empty());
+        // infinity is the strictest interval, not none.
+        let never = format!("[Unit]\nStartLimitIntervalSec=infinity\n{restart}");
+        assert!(limit_findings(&never).is_empty());
+    }
 }

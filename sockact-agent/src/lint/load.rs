@@ -7,7 +7,7 @@
 //! in DIR, never on this host), its masks and its enablement.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
 };
 
 use super::unit_file::{ParseError, UnitFile};
@@ -25,6 +25,7 @@ const SEARCH_PATH: &[&str] = &[
 /// The user manager's search path (systemd.unit(5)), highest priority first, less what lives
 /// in a user's home (added by [`search_path`] where there is one).
 const USER_SEARCH_PATH: &[&str] = &[
+    "/etc/xdg/systemd/user",
     "/etc/systemd/user",
     "/run/systemd/user",
     "/usr/local/share/systemd/user",
@@ -105,15 +106,19 @@ pub fn search_path(scope: &Scope) -> Vec<PathBuf> {
             .collect();
     }
     let defaults = || {
-        let mut dirs = Vec::new();
+        let mut dirs: Vec<PathBuf> = list.iter().map(PathBuf::from).collect();
         if scope.user
             && let Some(home) = std::env::var_os("HOME")
         {
+            // The user's configuration first, the user's data after /run (systemd.unit(5)).
             let home = PathBuf::from(home);
-            dirs.push(home.join(".config/systemd/user"));
-            dirs.push(home.join(".local/share/systemd/user"));
+            dirs.insert(0, home.join(".config/systemd/user"));
+            let after_run = dirs
+                .iter()
+                .position(|d| d == Path::new("/run/systemd/user"))
+                .map_or(dirs.len(), |i| i + 1);
+            dirs.insert(after_run, home.join(".local/share/systemd/user"));
         }
-        dirs.extend(list.iter().map(PathBuf::from));
         dirs
     };
     if scope.user {
@@ -288,34 +293,46 @@ impl UnitSet {
         Ok(self.units.get(&name))
     }
 
-    /// What `name` is in the first directory that has it, links read inside the root.
+    /// What `name` is in the first directory that has it, links read inside the root. A name
+    /// with a `/` is no unit name (systemd refuses it too).
     fn find(&self, name: &str) -> Option<Found> {
+        if name.is_empty() || name.contains('/') {
+            return None;
+        }
         for dir in &self.dirs {
             let path = dir.join(name);
             let Ok(meta) = path.symlink_metadata() else {
                 continue;
             };
-            if !meta.is_symlink() {
-                if !meta.is_file() {
+            let (real, meta) = if meta.is_symlink() {
+                let Ok(target) = std::fs::read_link(&path) else {
                     continue;
+                };
+                if target == Path::new("/dev/null") {
+                    return Some(Found::Masked);
                 }
-                return Some(if meta.len() == 0 {
-                    Found::Masked
-                } else {
-                    Found::File(path)
-                });
+                let first = self.in_root(&path, &target);
+                if let Some(real_name) = first.file_name().map(|n| n.to_string_lossy())
+                    && real_name != name
+                    && is_unit_name(&real_name)
+                {
+                    return Some(Found::Alias(real_name.into_owned()));
+                }
+                // A link to a unit file of the same name elsewhere (`systemctl link`).
+                match self.follow(first) {
+                    Some(end) if end == Path::new("/dev/null") => return Some(Found::Masked),
+                    Some(end) => match end.symlink_metadata() {
+                        Ok(meta) => (end, meta),
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                }
+            } else {
+                (path, meta)
+            };
+            if !meta.is_file() {
+                continue;
             }
-            let target = std::fs::read_link(&path).ok()?;
-            if target == Path::new("/dev/null") {
-                return Some(Found::Masked);
-            }
-            let real = self.in_root(&path, &target);
-            let real_name = real.file_name()?.to_string_lossy().into_owned();
-            if real_name != name && is_unit_name(&real_name) {
-                return Some(Found::Alias(real_name));
-            }
-            // A link to a unit file of the same name elsewhere (`systemctl link`).
-            let meta = real.metadata().ok()?;
             return Some(if meta.len() == 0 {
                 Found::Masked
             } else {
@@ -325,13 +342,40 @@ impl UnitSet {
         None
     }
 
-    /// A link's target as a path here: an absolute one inside the root, a relative one beside
-    /// the link.
-    fn in_root(&self, link: &Path, target: &Path) -> PathBuf {
-        match target.strip_prefix("/") {
-            Ok(inside) => self.root.join(inside),
-            Err(_) => link.parent().map(|p| p.join(target)).unwrap_or_default(),
+    /// Where a chain of links ends, each read inside the root; `/dev/null` for a mask, none for
+    /// a dangling link or a loop (more than 32 links, as the kernel stops at 40).
+    fn follow(&self, mut path: PathBuf) -> Option<PathBuf> {
+        for _ in 0..32 {
+            if !path.symlink_metadata().ok()?.is_symlink() {
+                return Some(path);
+            }
+            let target = std::fs::read_link(&path).ok()?;
+            if target == Path::new("/dev/null") {
+                return Some(target);
+            }
+            path = self.in_root(&path, &target);
         }
+        None
+    }
+
+    /// A link's target as a path here: an absolute one inside the root, a relative one beside
+    /// the link; `..` never leads above the root, as in a chroot.
+    fn in_root(&self, link: &Path, target: &Path) -> PathBuf {
+        let mut out = if target.is_absolute() {
+            self.root.clone()
+        } else {
+            link.parent().map(Path::to_owned).unwrap_or_default()
+        };
+        for part in target.components() {
+            match part {
+                Component::Normal(p) => out.push(p),
+                Component::ParentDir if out != self.root && out.starts_with(&self.root) => {
+                    out.pop();
+                }
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Whether these are a user manager's units.
@@ -416,11 +460,16 @@ impl UnitSet {
         names.iter().filter_map(|n| self.units.get(n)).collect()
     }
 
-    /// A unit read (linted or looked up), by its name or an alias.
+    /// A unit read (linted or looked up), by its name or an alias (of an alias).
     pub fn get(&self, name: &str) -> Option<&UnitFile> {
-        self.units
-            .get(name)
-            .or_else(|| self.units.get(self.aliases.get(name)?))
+        let mut name = name;
+        for _ in 0..8 {
+            match self.aliases.get(name) {
+                Some(real) => name = real,
+                None => break,
+            }
+        }
+        self.units.get(name)
     }
 
     /// Every unit read.
@@ -579,6 +628,34 @@ mod root_tests {
         let all = UnitSet::load_in(&[], &scope(&root)).unwrap();
         let sockets: Vec<&str> = all.linted("socket").map(|u| u.name.as_str()).collect();
         assert_eq!(sockets, ["ssh.socket"]);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn links_that_loop_dangle_or_climb_stay_inside_the_root() {
+        let root = debian_like_root("links");
+        let etc = root.join("etc/systemd/system");
+        let link =
+            |target: &str, at: &str| std::os::unix::fs::symlink(target, etc.join(at)).unwrap();
+        // A loop and a dangling link hide nothing below them; a climb out of the root stays in.
+        link("loop.socket", "loop.socket");
+        link("/nowhere/ssh.socket", "ssh.socket");
+        link("../../../../../../etc/passwd", "climb.service");
+        let set = UnitSet::load_in(&["ssh.socket".into()], &scope(&root)).unwrap();
+        assert!(
+            set.get("ssh.socket")
+                .unwrap()
+                .path
+                .starts_with(root.join("lib"))
+        );
+        assert!(UnitSet::load_in(&["loop.socket".into()], &scope(&root)).is_err());
+        let climb = UnitSet::load_in(&["climb".into()], &scope(&root));
+        assert!(
+            climb.is_err(),
+            "the host's /etc/passwd is not a unit of the root"
+        );
+        let set = UnitSet::load_in(&[], &scope(&root)).unwrap();
+        assert!(set.all().all(|u| u.path.starts_with(&root)));
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -82,11 +82,18 @@ pub fn check(set: &UnitSet, out: &mut Vec<Finding>) {
     }
 }
 
-/// A socket whose missing service harms nothing: it is not enabled and either its service was
-/// masked on purpose, or it is an installed static socket (no [Install]) that only a unit which
-/// needs it starts, bringing its service along (systemd's syslog.socket and a syslog daemon).
+/// A socket whose missing service harms nothing: nothing starts it (not enabled, no unit read
+/// needs it) and either its service was masked on purpose, or it is an installed static socket
+/// (no [Install]) that only a unit which needs it would start, bringing its service along
+/// (systemd's syslog.socket and a syslog daemon).
 fn inert(set: &UnitSet, socket: &super::unit_file::UnitFile, service: &str) -> bool {
-    if set.enabled(&socket.name) {
+    let needed = set.all().any(|u| {
+        ["Requires", "Wants", "BindsTo", "Requisite"]
+            .iter()
+            .any(|k| u.words("Unit", k).contains(&socket.name))
+            || u.words("Service", "Sockets").contains(&socket.name)
+    });
+    if needed || set.enabled(&socket.name) {
         return false;
     }
     set.is_masked(service) || set.installed(socket) && socket.header("Install").is_none()
