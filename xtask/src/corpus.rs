@@ -11,7 +11,7 @@ use anyhow::{Context, bail};
 
 use crate::{
     rootfs,
-    util::{cache_dir, is_root, run_cmd},
+    util::{cache_dir, cached, is_root, run_cmd},
 };
 
 /// Packages with system socket units of every shape Debian ships: Accept=yes instances (ssh,
@@ -56,9 +56,7 @@ fn stamp() -> String {
 /// Builds the corpus unless the cached one matches; returns its path.
 pub fn ensure() -> anyhow::Result<PathBuf> {
     let dir = dir();
-    let stamp_path = dir.join(".sockact-corpus");
-    if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == stamp()) {
-        println!("corpus: cached at {}", dir.display());
+    if cached("corpus", &dir, ".sockact-corpus", &stamp()) {
         return Ok(dir);
     }
     if !is_root() {

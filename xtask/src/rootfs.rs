@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{Context, bail};
 
-use crate::util::{cache_dir, is_root, run_cmd};
+use crate::util::{cache_dir, cached, is_root, run_cmd};
 
 const SUITE: &str = "bookworm";
 /// systemd and its bus (dbus: the system bus the agent talks to), python3 for the scenarios'
@@ -38,9 +38,7 @@ pub fn mirror() -> String {
 /// Builds the root unless the cached one matches; returns its path.
 pub fn ensure() -> anyhow::Result<PathBuf> {
     let dir = dir();
-    let stamp_path = dir.join(".sockact-rootfs");
-    if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s.trim() == stamp()) {
-        println!("rootfs: cached at {}", dir.display());
+    if cached("rootfs", &dir, ".sockact-rootfs", &stamp()) {
         return Ok(dir);
     }
     if !is_root() {

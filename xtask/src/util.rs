@@ -58,6 +58,16 @@ pub fn cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache/sockact")
 }
 
+/// Whether `dir` holds a build made from `stamp` (its file `stamp_file` says so); says so when
+/// it does.
+pub fn cached(what: &str, dir: &Path, stamp_file: &str, stamp: &str) -> bool {
+    let fresh = std::fs::read_to_string(dir.join(stamp_file)).is_ok_and(|s| s.trim() == stamp);
+    if fresh {
+        println!("{what}: cached at {}", dir.display());
+    }
+    fresh
+}
+
 /// Builds the binaries the demo and the privileged tests run.
 /// The release binaries (sockact-agent, sockact-trace).
 pub fn build_release() -> anyhow::Result<()> {
