@@ -49,8 +49,9 @@ pub fn dir() -> PathBuf {
     cache_dir().join("corpus-bookworm")
 }
 
+/// Its packages and the root it copies: a new test root makes a new corpus.
 fn stamp() -> String {
-    PACKAGES.join(" ")
+    format!("{} + {}", rootfs::stamp(), PACKAGES.join(" "))
 }
 
 /// Builds the corpus unless the cached one matches; returns its path.

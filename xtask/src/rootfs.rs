@@ -18,7 +18,8 @@ pub fn dir() -> PathBuf {
     cache_dir().join(format!("rootfs-{SUITE}"))
 }
 
-fn stamp() -> String {
+/// What the root is built from: a change rebuilds it, and what is built on it.
+pub fn stamp() -> String {
     format!("{SUITE} {PACKAGES}")
 }
 
